@@ -1,0 +1,278 @@
+// Package api holds the JSON request and response types of the Coffer HTTP
+// API (spec/API.md) and its error codes. Both the daemon and the CLI import
+// it, so the wire format is defined in exactly one place.
+//
+// Binary fields ([]byte) travel as standard base64 with padding, which is what
+// encoding/json does for []byte.
+package api
+
+import (
+	"fmt"
+	"time"
+)
+
+// Error codes (spec/API.md, "Conventions").
+const (
+	CodeBadRequest         = "bad_request"
+	CodeInvalidShare       = "invalid_share"
+	CodeDecryptFailed      = "decrypt_failed"
+	CodePermissionDenied   = "permission_denied"
+	CodeNotFound           = "not_found"
+	CodeMethodNotAllowed   = "method_not_allowed"
+	CodeAlreadyExists      = "already_exists"
+	CodeKeyPendingDeletion = "key_pending_deletion"
+	CodeVersionDisabled    = "version_disabled"
+	CodeTooLarge           = "too_large"
+	CodeSealed             = "sealed"
+	CodeNoLeader           = "no_leader"
+	CodeInternal           = "internal"
+)
+
+// Limits (spec/API.md, "Conventions").
+const (
+	MaxPlaintext   = 64 << 10
+	MaxBody        = 4 << 20
+	MaxBatch       = 10000
+	MinDataKeyLen  = 16
+	MaxDataKeyLen  = 64
+	DefaultDataKey = 32
+)
+
+// Key types.
+const (
+	KeyTypeAES256GCM        = "aes256-gcm"
+	KeyTypeChaCha20Poly1305 = "chacha20-poly1305"
+)
+
+// Policy operations.
+const (
+	OpWrap    = "wrap"
+	OpUnwrap  = "unwrap"
+	OpRewrap  = "rewrap"
+	OpDatakey = "datakey"
+	OpRead    = "read"
+	OpCreate  = "create"
+	OpRotate  = "rotate"
+	OpUpdate  = "update"
+	OpDelete  = "delete"
+)
+
+// Operations lists every policy operation, in the order of spec/API.md.
+var Operations = []string{OpWrap, OpUnwrap, OpRewrap, OpDatakey, OpRead, OpCreate, OpRotate, OpUpdate, OpDelete}
+
+// ValidName reports whether s is a valid key or policy name:
+// ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// HeaderRequestID is set on every response.
+const HeaderRequestID = "X-Request-Id"
+
+// ErrorBody is the body of every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the code and human message of an error. The message says
+// what went wrong and what to do; it never carries a secret.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error is an API error as seen by a client: the HTTP status plus the body.
+type Error struct {
+	Status    int
+	Code      string
+	Message   string
+	RequestID string
+}
+
+func (e *Error) Error() string {
+	if e.RequestID != "" {
+		return fmt.Sprintf("%s: %s (request %s)", e.Code, e.Message, e.RequestID)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+// Status is the body of GET /v1/sys/status, /v1/sys/health and of unseal.
+type Status struct {
+	Initialized  bool   `json:"initialized"`
+	Sealed       bool   `json:"sealed"`
+	SealType     string `json:"seal_type"`
+	Threshold    int    `json:"threshold"`
+	Shares       int    `json:"shares"`
+	Progress     int    `json:"progress"`
+	ClusterID    string `json:"cluster_id"`
+	NodeID       string `json:"node_id"`
+	LeaderID     string `json:"leader_id"`
+	IsLeader     bool   `json:"is_leader"`
+	Version      string `json:"version"`
+	SealedReason string `json:"sealed_reason"`
+	AuditSeq     uint64 `json:"audit_seq"`
+	AuditHash    string `json:"audit_hash"`
+}
+
+// InitRequest is the body of POST /v1/sys/init.
+type InitRequest struct {
+	Shares     int      `json:"shares"`
+	Threshold  int      `json:"threshold"`
+	Recipients []string `json:"recipients,omitempty"`
+}
+
+// InitResponse is the answer to POST /v1/sys/init.
+type InitResponse struct {
+	Shares    []string `json:"shares"`
+	Encrypted bool     `json:"encrypted"`
+}
+
+// UnsealRequest is the body of POST /v1/sys/unseal.
+type UnsealRequest struct {
+	Share string `json:"share,omitempty"`
+	Reset bool   `json:"reset,omitempty"`
+}
+
+// RotateResponse is the answer to POST /v1/sys/rotate.
+type RotateResponse struct {
+	Term int `json:"term"`
+}
+
+// CreateKeyRequest is the body of POST /v1/keys.
+type CreateKeyRequest struct {
+	Name           string `json:"name"`
+	Type           string `json:"type,omitempty"`
+	RotationPeriod string `json:"rotation_period,omitempty"`
+}
+
+// UpdateKeyRequest is the body of PATCH /v1/keys/{name}. Absent fields are
+// left unchanged. RotationPeriod "0s" (or "0") turns scheduled rotation off.
+type UpdateKeyRequest struct {
+	MinDecryptionVersion *int    `json:"min_decryption_version,omitempty"`
+	RotationPeriod       *string `json:"rotation_period,omitempty"`
+}
+
+// KeyList is the answer to GET /v1/keys.
+type KeyList struct {
+	Keys []string `json:"keys"`
+}
+
+// Key describes a named key. It never carries key material.
+type Key struct {
+	Name                 string       `json:"name"`
+	Type                 string       `json:"type"`
+	LatestVersion        int          `json:"latest_version"`
+	MinDecryptionVersion int          `json:"min_decryption_version"`
+	Versions             []KeyVersion `json:"versions"`
+	RotationPeriod       string       `json:"rotation_period"`
+	DeletionDate         *time.Time   `json:"deletion_date"`
+	CreatedAt            time.Time    `json:"created_at"`
+}
+
+// KeyVersion is one version of a named key.
+type KeyVersion struct {
+	Version   int       `json:"version"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// WrapRequest is the body of POST /v1/keys/{name}/wrap: either one item
+// (Plaintext, AAD) or Batch.
+type WrapRequest struct {
+	Plaintext []byte     `json:"plaintext,omitempty"`
+	AAD       []byte     `json:"aad,omitempty"`
+	Batch     []WrapItem `json:"batch,omitempty"`
+}
+
+// WrapItem is one item of a wrap batch.
+type WrapItem struct {
+	Plaintext []byte `json:"plaintext"`
+	AAD       []byte `json:"aad,omitempty"`
+}
+
+// CiphertextRequest is the body of unwrap and rewrap: one item or Batch.
+type CiphertextRequest struct {
+	Ciphertext string           `json:"ciphertext,omitempty"`
+	AAD        []byte           `json:"aad,omitempty"`
+	Batch      []CiphertextItem `json:"batch,omitempty"`
+}
+
+// CiphertextItem is one item of an unwrap or rewrap batch.
+type CiphertextItem struct {
+	Ciphertext string `json:"ciphertext"`
+	AAD        []byte `json:"aad,omitempty"`
+}
+
+// WrapResult is the answer to wrap and rewrap (and one batch item of them).
+type WrapResult struct {
+	Ciphertext string       `json:"ciphertext,omitempty"`
+	KeyVersion int          `json:"key_version,omitempty"`
+	Error      *ErrorDetail `json:"error,omitempty"`
+}
+
+// UnwrapResult is the answer to unwrap (and one batch item of it).
+type UnwrapResult struct {
+	Plaintext []byte       `json:"plaintext,omitempty"`
+	Error     *ErrorDetail `json:"error,omitempty"`
+}
+
+// WrapBatchResponse is the answer to a wrap or rewrap batch.
+type WrapBatchResponse struct {
+	Batch []WrapResult `json:"batch"`
+}
+
+// UnwrapBatchResponse is the answer to an unwrap batch.
+type UnwrapBatchResponse struct {
+	Batch []UnwrapResult `json:"batch"`
+}
+
+// DataKeyRequest is the body of POST /v1/keys/{name}/datakey. Nil fields take
+// their defaults (32 bytes, plaintext included).
+type DataKeyRequest struct {
+	Bytes            *int   `json:"bytes,omitempty"`
+	AAD              []byte `json:"aad,omitempty"`
+	IncludePlaintext *bool  `json:"include_plaintext,omitempty"`
+}
+
+// DataKeyResponse is the answer to datakey.
+type DataKeyResponse struct {
+	Plaintext  []byte `json:"plaintext,omitempty"`
+	Ciphertext string `json:"ciphertext"`
+	KeyVersion int    `json:"key_version"`
+}
+
+// Policy grants operations on key-name patterns to subjects.
+type Policy struct {
+	// Name is set in answers; in a PUT body it may be omitted or must equal
+	// the name in the path.
+	Name       string   `json:"name,omitempty"`
+	Subjects   Subjects `json:"subjects"`
+	Keys       []string `json:"keys"`
+	Operations []string `json:"operations"`
+}
+
+// Subjects are the callers a policy applies to; a caller matches when it
+// matches any one of them.
+type Subjects struct {
+	UIDs   []uint32 `json:"uids"`
+	GIDs   []uint32 `json:"gids"`
+	Users  []string `json:"users"`
+	Groups []string `json:"groups"`
+	Units  []string `json:"units"`
+}
+
+// PolicyList is the answer to GET /v1/policies.
+type PolicyList struct {
+	Policies []string `json:"policies"`
+}

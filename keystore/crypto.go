@@ -1,0 +1,275 @@
+package keystore
+
+import (
+	"crypto/cipher"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+
+	"github.com/coffer-kms/coffer/api"
+)
+
+// CiphertextPrefix starts every data ciphertext.
+const CiphertextPrefix = "coffer:v"
+
+const (
+	dataNonceSize = 12 // both AEADs
+	dataTagSize   = 16
+)
+
+// Item is one input of a crypto operation: Plaintext for wrap, Ciphertext
+// for unwrap and rewrap, and an optional AAD.
+type Item struct {
+	Plaintext  []byte
+	Ciphertext string
+	AAD        []byte
+}
+
+// Result is one output of a crypto operation. Err is per item (ErrDecrypt,
+// ErrVersionDisabled, ErrTooLarge, ErrInvalid); request-level failures come
+// back as the operation's error instead.
+type Result struct {
+	Plaintext  []byte
+	Ciphertext string
+	Version    int
+	Err        error
+}
+
+// FormatCiphertext encodes a data ciphertext.
+func FormatCiphertext(version int, raw []byte) string {
+	b := make([]byte, 0, len(CiphertextPrefix)+11+base64.StdEncoding.EncodedLen(len(raw)))
+	b = append(b, CiphertextPrefix...)
+	b = strconv.AppendInt(b, int64(version), 10)
+	b = append(b, ':')
+	b = base64.StdEncoding.AppendEncode(b, raw)
+	return string(b)
+}
+
+var strictB64 = base64.StdEncoding.Strict()
+
+// ParseCiphertext decodes "coffer:v<N>:<base64>" strictly: N decimal in
+// 1..2^31-1 without leading zeros, canonical padded base64, at least a nonce
+// and a tag. Every failure wraps ErrDecrypt.
+func ParseCiphertext(s string) (version int, raw []byte, err error) {
+	if len(s) < len(CiphertextPrefix) || s[:len(CiphertextPrefix)] != CiphertextPrefix {
+		return 0, nil, wrapf(ErrDecrypt, "ciphertext does not start with %q: pass the ciphertext exactly as wrap returned it", CiphertextPrefix)
+	}
+	rest := s[len(CiphertextPrefix):]
+	i := 0
+	for i < len(rest) && i < 11 && rest[i] >= '0' && rest[i] <= '9' {
+		i++
+	}
+	if i == 0 || i >= len(rest) || rest[i] != ':' || (rest[0] == '0') {
+		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
+	}
+	v, perr := strconv.ParseInt(rest[:i], 10, 32)
+	if perr != nil || v < 1 {
+		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
+	}
+	body := rest[i+1:]
+	raw, derr := strictB64.DecodeString(body)
+	if derr != nil {
+		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it was truncated or altered")
+	}
+	if len(raw) < dataNonceSize+dataTagSize {
+		return 0, nil, wrapf(ErrDecrypt, "ciphertext is too short: it was truncated")
+	}
+	return int(v), raw, nil
+}
+
+func newAEAD(typ string, key []byte) (cipher.AEAD, error) {
+	switch typ {
+	case api.KeyTypeChaCha20Poly1305:
+		return chacha20poly1305.New(key)
+	default:
+		return newGCM(key)
+	}
+}
+
+// keyFor looks up a usable key under the read lock the caller holds.
+func (ks *Keystore) keyFor(name string) (*namedKey, error) {
+	if ks.root == nil {
+		return nil, ErrSealed
+	}
+	k := ks.keys[name]
+	if k == nil {
+		return nil, keyNotFound(name)
+	}
+	if d := k.meta.DeletionDate; d != nil {
+		return nil, wrapf(ErrPendingDeletion, "key %q is scheduled for deletion on %s: restore it (`coffer key restore %s`) to use it", name, d.Format(time.RFC3339), name)
+	}
+	return k, nil
+}
+
+// aeadCache builds each version's AEAD at most once per request. The AEADs
+// are not kept across requests: their expanded keys live on the Go heap,
+// while the key material itself stays in locked memory.
+type aeadCache struct {
+	k    *namedKey
+	v    int
+	aead cipher.AEAD
+	more map[int]cipher.AEAD
+}
+
+func (c *aeadCache) get(v int) (cipher.AEAD, error) {
+	if c.aead != nil && c.v == v {
+		return c.aead, nil
+	}
+	if a := c.more[v]; a != nil {
+		return a, nil
+	}
+	a, err := newAEAD(c.k.meta.Type, c.k.material[v-1].Bytes())
+	if err != nil {
+		return nil, err
+	}
+	if c.aead == nil {
+		c.v, c.aead = v, a
+	} else {
+		if c.more == nil {
+			c.more = map[int]cipher.AEAD{}
+		}
+		c.more[v] = a
+	}
+	return a, nil
+}
+
+func (ks *Keystore) sealData(c *aeadCache, v int, pt, aad []byte) (string, error) {
+	if len(pt) > api.MaxPlaintext {
+		return "", wrapf(ErrTooLarge, "plaintext is %d bytes, over the %d-byte limit: wrap a data key (`coffer datakey`) and encrypt large data with it", len(pt), api.MaxPlaintext)
+	}
+	a, err := c.get(v)
+	if err != nil {
+		return "", err
+	}
+	raw := make([]byte, dataNonceSize, dataNonceSize+len(pt)+a.Overhead())
+	if _, err := io.ReadFull(ks.cfg.Rand, raw); err != nil {
+		return "", fmt.Errorf("reading randomness: %w", err)
+	}
+	raw = a.Seal(raw, raw[:dataNonceSize], pt, aad)
+	return FormatCiphertext(v, raw), nil
+}
+
+func (ks *Keystore) openData(c *aeadCache, name, ct string, aad []byte) ([]byte, int, error) {
+	v, raw, err := ParseCiphertext(ct)
+	if err != nil {
+		return nil, 0, err
+	}
+	k := c.k
+	if v > k.latest() {
+		return nil, v, wrapf(ErrDecrypt, "ciphertext names version %d but key %q has versions 1 to %d: it was produced by another key", v, name, k.latest())
+	}
+	if v < k.meta.MinDecryptionVersion {
+		return nil, v, wrapf(ErrVersionDisabled, "ciphertext version %d is below key %q's min_decryption_version %d: lower it with `coffer key update %s --min-decryption-version %d` if this is intended", v, name, k.meta.MinDecryptionVersion, name, v)
+	}
+	a, err := c.get(v)
+	if err != nil {
+		return nil, v, err
+	}
+	pt, err := a.Open(nil, raw[:dataNonceSize], raw[dataNonceSize:], aad)
+	if err != nil {
+		return nil, v, wrapf(ErrDecrypt, "ciphertext does not authenticate under key %q version %d: it was tampered with, produced by another key, or the aad differs", name, v)
+	}
+	return pt, v, nil
+}
+
+// Wrap encrypts each item's plaintext under the key's latest version.
+func (ks *Keystore) Wrap(name string, items []Item) ([]Result, error) {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	k, err := ks.keyFor(name)
+	if err != nil {
+		return nil, err
+	}
+	c := aeadCache{k: k}
+	v := k.latest()
+	out := make([]Result, len(items))
+	for i := range items {
+		ct, err := ks.sealData(&c, v, items[i].Plaintext, items[i].AAD)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		out[i] = Result{Ciphertext: ct, Version: v}
+	}
+	return out, nil
+}
+
+// Unwrap decrypts each item's ciphertext. The caller zeroes the returned
+// plaintexts once written out.
+func (ks *Keystore) Unwrap(name string, items []Item) ([]Result, error) {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	k, err := ks.keyFor(name)
+	if err != nil {
+		return nil, err
+	}
+	c := aeadCache{k: k}
+	out := make([]Result, len(items))
+	for i := range items {
+		pt, v, err := ks.openData(&c, name, items[i].Ciphertext, items[i].AAD)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		out[i] = Result{Plaintext: pt, Version: v}
+	}
+	return out, nil
+}
+
+// Rewrap decrypts each ciphertext and encrypts it again under the latest
+// version, without the plaintext leaving this function.
+func (ks *Keystore) Rewrap(name string, items []Item) ([]Result, error) {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	k, err := ks.keyFor(name)
+	if err != nil {
+		return nil, err
+	}
+	c := aeadCache{k: k}
+	v := k.latest()
+	out := make([]Result, len(items))
+	for i := range items {
+		pt, _, err := ks.openData(&c, name, items[i].Ciphertext, items[i].AAD)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		ct, err := ks.sealData(&c, v, pt, items[i].AAD)
+		clear(pt)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		out[i] = Result{Ciphertext: ct, Version: v}
+	}
+	return out, nil
+}
+
+// DataKey makes n random bytes and wraps them under the latest version. The
+// caller zeroes the returned plaintext.
+func (ks *Keystore) DataKey(name string, n int, aad []byte) (Result, error) {
+	if n < api.MinDataKeyLen || n > api.MaxDataKeyLen {
+		return Result{}, invalidf("bytes %d is out of range: use %d to %d", n, api.MinDataKeyLen, api.MaxDataKeyLen)
+	}
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	k, err := ks.keyFor(name)
+	if err != nil {
+		return Result{}, err
+	}
+	pt := make([]byte, n)
+	if _, err := io.ReadFull(ks.cfg.Rand, pt); err != nil {
+		return Result{}, fmt.Errorf("reading randomness: %w", err)
+	}
+	c := aeadCache{k: k}
+	ct, err := ks.sealData(&c, k.latest(), pt, aad)
+	if err != nil {
+		clear(pt)
+		return Result{}, err
+	}
+	return Result{Plaintext: pt, Ciphertext: ct, Version: k.latest()}, nil
+}

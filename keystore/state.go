@@ -1,0 +1,609 @@
+package keystore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/internal/lockedmem"
+)
+
+// RootKeySize is the size of the root key in bytes.
+const RootKeySize = 32
+
+// Proposer submits an encoded command to the replicated log and returns what
+// [Keystore.Apply] returned for it once committed (an error value, or nil).
+// The error return reports failures to commit (no leader, timeout); a
+// command that committed but was refused by Apply (for example a lost
+// compare-and-set) comes back as the response instead.
+type Proposer interface {
+	Propose(ctx context.Context, cmd []byte) (any, error)
+}
+
+// Config configures a Keystore.
+type Config struct {
+	Proposer Proposer
+	Logger   hclog.Logger
+	// Now and Rand default to time.Now and crypto/rand.Reader; tests inject
+	// their own.
+	Now  func() time.Time
+	Rand io.Reader
+	// OnPolicies, if set, is called with the full set of policies whenever it
+	// changes while unsealed, and with nil on seal. It runs under the
+	// keystore's lock: it must not call back into the Keystore.
+	OnPolicies func(map[string]api.Policy)
+}
+
+// SealConfig is the replicated, non-secret description of the cluster's
+// root of trust.
+type SealConfig struct {
+	ClusterID string    `json:"cluster_id"`
+	Shares    int       `json:"shares"`
+	Threshold int       `json:"threshold"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Entry is one encrypted record of the replicated state.
+type Entry struct {
+	Version uint64 `json:"v"` // record version: 1 at creation, +1 per update
+	Term    uint32 `json:"t"` // keyring term whose key encrypted Data
+	Data    []byte `json:"d"` // nonce || ciphertext || tag
+}
+
+// Keystore is the replicated state plus, while unsealed, its decrypted view.
+// All methods are safe for concurrent use.
+type Keystore struct {
+	cfg Config
+	log hclog.Logger
+
+	// mu guards everything below. Crypto operations hold the read lock for
+	// their whole duration so that Seal (write lock) never zeroes key material
+	// under them; Apply holds the write lock, so the decrypted view changes
+	// atomically with the replicated state.
+	mu sync.RWMutex
+
+	// Replicated state: changed only by Apply and Restore.
+	seal           *SealConfig
+	keyring        []byte // encrypted keyring
+	keyringVersion uint64
+	entries        map[string]Entry
+
+	// Unsealed view.
+	root     *lockedmem.Buf
+	terms    map[uint32]*lockedmem.Buf
+	termMeta []termMeta
+	active   uint32
+	keys     map[string]*namedKey
+	policies map[string]api.Policy
+
+	// writeMu serialises this node's read-modify-write cycles; the
+	// compare-and-set in Apply catches races with other nodes.
+	writeMu sync.Mutex
+}
+
+// New returns an empty, uninitialised and sealed Keystore.
+func New(cfg Config) *Keystore {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	return &Keystore{cfg: cfg, log: cfg.Logger, entries: map[string]Entry{}}
+}
+
+// ---- commands ----
+
+const cmdFormat = 1
+
+// Command operations.
+const (
+	opInit    = "init"
+	opKeyring = "keyring"
+	opPut     = "put"
+	opDelete  = "delete"
+)
+
+// command is the replicated log entry. It is versioned (F) so that a newer
+// node can refuse a format it does not know rather than misapply it.
+type command struct {
+	F       int         `json:"f"`
+	Op      string      `json:"op"`
+	Path    string      `json:"path,omitempty"`
+	Expect  uint64      `json:"expect,omitempty"` // CAS: the record or keyring version the writer saw
+	Entry   *Entry      `json:"entry,omitempty"`
+	Seal    *SealConfig `json:"seal,omitempty"`
+	Keyring []byte      `json:"keyring,omitempty"`
+}
+
+// DecodeCommand parses an encoded command. It is exported for fuzzing and
+// for tools that inspect a raft log.
+func DecodeCommand(b []byte) (*command, error) {
+	var c command
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: command does not decode: %v", ErrCorrupt, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after command", ErrCorrupt)
+	}
+	if c.F != cmdFormat {
+		return nil, fmt.Errorf("%w: command format %d is not supported by this version of cofferd (upgrade it)", ErrCorrupt, c.F)
+	}
+	switch c.Op {
+	case opInit:
+		if c.Seal == nil || len(c.Keyring) == 0 {
+			return nil, fmt.Errorf("%w: init command without seal config or keyring", ErrCorrupt)
+		}
+	case opKeyring:
+		if len(c.Keyring) == 0 {
+			return nil, fmt.Errorf("%w: keyring command without keyring", ErrCorrupt)
+		}
+	case opPut:
+		if c.Entry == nil || c.Path == "" || c.Entry.Version != c.Expect+1 {
+			return nil, fmt.Errorf("%w: malformed put command", ErrCorrupt)
+		}
+	case opDelete:
+		if c.Path == "" {
+			return nil, fmt.Errorf("%w: delete command without path", ErrCorrupt)
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown command %q", ErrCorrupt, c.Op)
+	}
+	return &c, nil
+}
+
+func encodeCommand(c *command) []byte {
+	c.F = cmdFormat
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // only plain data: cannot fail
+	}
+	return b
+}
+
+// Apply applies one committed command. It is deterministic: the replicated
+// state after Apply depends only on the state before and the command. It
+// returns nil on success or an error value (ErrConflict,
+// ErrAlreadyInitialized, ErrCorrupt) that the proposer receives as the
+// response. A command refused by Apply changes nothing.
+func (ks *Keystore) Apply(b []byte) any {
+	c, err := DecodeCommand(b)
+	if err != nil {
+		// Every node refuses it the same way, so the replicas stay equal.
+		ks.log.Error("refusing a committed command that does not decode", "error", err)
+		return err
+	}
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	switch c.Op {
+	case opInit:
+		if ks.seal != nil {
+			return ErrAlreadyInitialized
+		}
+		s := *c.Seal
+		ks.seal = &s
+		ks.keyring = c.Keyring
+		ks.keyringVersion = 1
+		return nil
+	case opKeyring:
+		if ks.seal == nil {
+			return ErrNotInitialized
+		}
+		if c.Expect != ks.keyringVersion {
+			return ErrConflict
+		}
+		ks.keyring = c.Keyring
+		ks.keyringVersion++
+		if ks.root != nil {
+			if err := ks.loadKeyringLocked(ks.root.Bytes()); err != nil {
+				// The keyring was written by a node holding the same root key;
+				// failing to open it means divergence or corruption.
+				ks.log.Error("cannot open the replicated keyring; sealing this node", "error", err)
+				ks.sealLocked()
+				return nil
+			}
+		}
+		return nil
+	case opPut:
+		if ks.seal == nil {
+			return ErrNotInitialized
+		}
+		if ks.entries[c.Path].Version != c.Expect {
+			return ErrConflict
+		}
+		ks.entries[c.Path] = *c.Entry
+		if ks.root != nil {
+			if err := ks.loadRecordLocked(c.Path, *c.Entry); err != nil {
+				ks.log.Error("cannot open a replicated record", "path", c.Path, "error", err)
+			}
+			if strings.HasPrefix(c.Path, "policies/") {
+				ks.notifyPoliciesLocked()
+			}
+		}
+		return nil
+	case opDelete:
+		cur, ok := ks.entries[c.Path]
+		if !ok || cur.Version != c.Expect {
+			return ErrConflict
+		}
+		delete(ks.entries, c.Path)
+		if ks.root != nil {
+			ks.dropRecordLocked(c.Path)
+		}
+		return nil
+	}
+	return nil
+}
+
+// propose submits a command and turns an Apply error response into an error.
+func (ks *Keystore) propose(ctx context.Context, c *command) error {
+	if ks.cfg.Proposer == nil {
+		return errors.New("keystore has no proposer")
+	}
+	resp, err := ks.cfg.Proposer.Propose(ctx, encodeCommand(c))
+	if err != nil {
+		return err
+	}
+	if e, ok := resp.(error); ok && e != nil {
+		return e
+	}
+	return nil
+}
+
+// ---- status ----
+
+// Initialized reports whether the cluster has a root key.
+func (ks *Keystore) Initialized() bool {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	return ks.seal != nil
+}
+
+// Sealed reports whether this node holds no keys.
+func (ks *Keystore) Sealed() bool {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	return ks.root == nil
+}
+
+// SealConfig returns a copy of the seal configuration, or nil before init.
+func (ks *Keystore) SealConfig() *SealConfig {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	if ks.seal == nil {
+		return nil
+	}
+	s := *ks.seal
+	return &s
+}
+
+// ---- init / unseal / seal ----
+
+// Init creates the cluster's root key and first keyring term, commits them
+// and unseals this node. It returns a copy of the root key for the caller to
+// split into shares and to seal with a device; the caller zeroes it.
+func (ks *Keystore) Init(ctx context.Context, shares, threshold int) ([]byte, error) {
+	ks.writeMu.Lock()
+	defer ks.writeMu.Unlock()
+	if ks.Initialized() {
+		return nil, ErrAlreadyInitialized
+	}
+	root := make([]byte, RootKeySize)
+	if _, err := io.ReadFull(ks.cfg.Rand, root); err != nil {
+		return nil, fmt.Errorf("reading randomness: %w", err)
+	}
+	idb := make([]byte, 16)
+	if _, err := io.ReadFull(ks.cfg.Rand, idb); err != nil {
+		clear(root)
+		return nil, fmt.Errorf("reading randomness: %w", err)
+	}
+	sc := &SealConfig{ClusterID: formatUUID(idb), Shares: shares, Threshold: threshold, CreatedAt: ks.cfg.Now().UTC()}
+
+	termKey := make([]byte, 32)
+	defer clear(termKey)
+	if _, err := io.ReadFull(ks.cfg.Rand, termKey); err != nil {
+		clear(root)
+		return nil, fmt.Errorf("reading randomness: %w", err)
+	}
+	kr := &keyringPlain{Active: 1, Terms: []termMeta{{Term: 1, CreatedAt: sc.CreatedAt}}}
+	blob, err := sealKeyring(root, sc.ClusterID, kr, [][]byte{termKey}, ks.cfg.Rand)
+	if err != nil {
+		clear(root)
+		return nil, err
+	}
+	if err := ks.propose(ctx, &command{Op: opInit, Seal: sc, Keyring: blob}); err != nil {
+		clear(root)
+		return nil, err
+	}
+	if err := ks.Unseal(root); err != nil {
+		clear(root)
+		return nil, err
+	}
+	return root, nil
+}
+
+// VerifyRoot reports whether root opens this cluster's keyring, without
+// unsealing. It returns ErrRootKeyMismatch if not.
+func (ks *Keystore) VerifyRoot(root []byte) error {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	if ks.seal == nil {
+		return ErrNotInitialized
+	}
+	kr, keys, err := openKeyring(root, ks.seal.ClusterID, ks.keyring)
+	if err != nil {
+		return err
+	}
+	_ = kr
+	zeroAll(keys)
+	return nil
+}
+
+// Unseal opens the keyring with root and decrypts every record into locked
+// memory. root is copied; the caller still owns (and zeroes) its slice. On
+// an unsealed node it is a no-op. A root key that does not open the keyring
+// gives ErrRootKeyMismatch and changes nothing.
+func (ks *Keystore) Unseal(root []byte) error {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.unsealLocked(root)
+}
+
+func (ks *Keystore) unsealLocked(root []byte) error {
+	if ks.seal == nil {
+		return ErrNotInitialized
+	}
+	if ks.root != nil {
+		return nil
+	}
+	if len(root) != RootKeySize {
+		return ErrRootKeyMismatch
+	}
+	rb, err := lockedmem.Copy(root)
+	if err != nil {
+		return err
+	}
+	if err := ks.loadKeyringLocked(root); err != nil {
+		rb.Destroy()
+		return err
+	}
+	ks.root = rb
+	ks.keys = map[string]*namedKey{}
+	ks.policies = map[string]api.Policy{}
+	failed := 0
+	for path, e := range ks.entries {
+		if err := ks.loadRecordLocked(path, e); err != nil {
+			failed++
+			ks.log.Error("cannot open a stored record", "path", path, "error", err)
+		}
+	}
+	ks.notifyPoliciesLocked()
+	ks.log.Info("keystore unsealed", "keys", len(ks.keys), "policies", len(ks.policies), "terms", len(ks.terms), "unreadable-records", failed)
+	return nil
+}
+
+// Seal zeroes the root key, the keyring and every decrypted key on this node.
+func (ks *Keystore) Seal() {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.sealLocked()
+}
+
+func (ks *Keystore) sealLocked() {
+	if ks.root == nil {
+		return
+	}
+	for _, k := range ks.keys {
+		k.destroy()
+	}
+	for _, t := range ks.terms {
+		t.Destroy()
+	}
+	ks.root.Destroy()
+	ks.root, ks.terms, ks.termMeta, ks.keys, ks.policies, ks.active = nil, nil, nil, nil, nil, 0
+	if ks.cfg.OnPolicies != nil {
+		ks.cfg.OnPolicies(nil)
+	}
+}
+
+// RootKey calls fn with the root key while the node is unsealed (e.g. to
+// seal it with a device). fn must not keep or log the slice.
+func (ks *Keystore) RootKey(fn func(root []byte) error) error {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	if ks.root == nil {
+		return ErrSealed
+	}
+	return fn(ks.root.Bytes())
+}
+
+// ---- snapshots ----
+
+// Snapshot is a point-in-time copy of the replicated state. Its key material
+// stays encrypted under the keyring (and the keyring under the root key).
+type Snapshot struct {
+	Format         int              `json:"format"`
+	Seal           *SealConfig      `json:"seal"`
+	Keyring        []byte           `json:"keyring"`
+	KeyringVersion uint64           `json:"keyring_version"`
+	Entries        map[string]Entry `json:"entries"`
+}
+
+// Snapshot copies the replicated state. It is quick (a map copy; the entries'
+// byte slices are never mutated, only replaced, so they are shared) and may
+// be persisted while Apply runs.
+func (ks *Keystore) Snapshot() *Snapshot {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	s := &Snapshot{Format: 1, Keyring: ks.keyring, KeyringVersion: ks.keyringVersion, Entries: make(map[string]Entry, len(ks.entries))}
+	if ks.seal != nil {
+		sc := *ks.seal
+		s.Seal = &sc
+	}
+	for k, v := range ks.entries {
+		s.Entries[k] = v
+	}
+	return s
+}
+
+// WriteTo writes the snapshot as JSON.
+func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
+	cw := &countWriter{w: w}
+	err := json.NewEncoder(cw).Encode(s)
+	return cw.n, err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Restore replaces the replicated state with a snapshot read from r,
+// discarding all earlier state. An unsealed node re-derives its view; if the
+// restored keyring does not open with its root key, the node seals.
+func (ks *Keystore) Restore(r io.Reader) error {
+	var s Snapshot
+	if err := json.NewDecoder(r).Decode(&s); err != nil {
+		return fmt.Errorf("%w: snapshot does not decode: %v", ErrCorrupt, err)
+	}
+	if s.Format != 1 {
+		return fmt.Errorf("%w: snapshot format %d is not supported", ErrCorrupt, s.Format)
+	}
+	if s.Entries == nil {
+		s.Entries = map[string]Entry{}
+	}
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	var root []byte
+	if ks.root != nil {
+		root = append([]byte(nil), ks.root.Bytes()...)
+		defer clear(root)
+	}
+	ks.sealLocked()
+	ks.seal, ks.keyring, ks.keyringVersion, ks.entries = s.Seal, s.Keyring, s.KeyringVersion, s.Entries
+	if root != nil && ks.seal != nil {
+		if err := ks.unsealLocked(root); err != nil {
+			ks.log.Warn("restored state does not open with this node's root key; node stays sealed", "error", err)
+		}
+	}
+	return nil
+}
+
+// ---- records ----
+
+func keyPath(name string) string    { return "keys/" + name }
+func policyPath(name string) string { return "policies/" + name }
+
+// loadRecordLocked decrypts one record into the unsealed view.
+func (ks *Keystore) loadRecordLocked(path string, e Entry) error {
+	switch {
+	case strings.HasPrefix(path, "keys/"):
+		k, err := ks.openKeyRecordLocked(path, e)
+		if err != nil {
+			return err
+		}
+		if old := ks.keys[k.meta.Name]; old != nil {
+			old.destroy()
+		}
+		ks.keys[k.meta.Name] = k
+	case strings.HasPrefix(path, "policies/"):
+		meta, keys, err := ks.openRecordLocked(path, e)
+		if err != nil {
+			return err
+		}
+		zeroAll(keys)
+		var p api.Policy
+		if err := json.Unmarshal(meta, &p); err != nil {
+			return fmt.Errorf("%w: policy %s: %v", ErrCorrupt, path, err)
+		}
+		ks.policies[strings.TrimPrefix(path, "policies/")] = p
+	default:
+		return fmt.Errorf("%w: unknown record path %q", ErrCorrupt, path)
+	}
+	return nil
+}
+
+func (ks *Keystore) dropRecordLocked(path string) {
+	switch {
+	case strings.HasPrefix(path, "keys/"):
+		name := strings.TrimPrefix(path, "keys/")
+		if k := ks.keys[name]; k != nil {
+			k.destroy()
+			delete(ks.keys, name)
+		}
+	case strings.HasPrefix(path, "policies/"):
+		delete(ks.policies, strings.TrimPrefix(path, "policies/"))
+		ks.notifyPoliciesLocked()
+	}
+}
+
+func (ks *Keystore) notifyPoliciesLocked() {
+	if ks.cfg.OnPolicies == nil {
+		return
+	}
+	m := make(map[string]api.Policy, len(ks.policies))
+	for k, v := range ks.policies {
+		m[k] = v
+	}
+	ks.cfg.OnPolicies(m)
+}
+
+// putRecord encrypts meta || keys under the active term and commits it at
+// path with compare-and-set on expect. Callers hold writeMu.
+func (ks *Keystore) putRecord(ctx context.Context, path string, expect uint64, meta []byte, keys [][]byte) error {
+	ks.mu.RLock()
+	if ks.root == nil {
+		ks.mu.RUnlock()
+		return ErrSealed
+	}
+	e, err := ks.sealRecordLocked(path, expect+1, meta, keys)
+	ks.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	return ks.propose(ctx, &command{Op: opPut, Path: path, Expect: expect, Entry: &e})
+}
+
+// List helpers.
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func formatUUID(b []byte) string {
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+func zeroAll(bs [][]byte) {
+	for _, b := range bs {
+		clear(b)
+	}
+}
