@@ -607,3 +607,13 @@ func zeroAll(bs [][]byte) {
 		clear(b)
 	}
 }
+
+// SnapshotTo takes a snapshot now and returns a function that writes it
+// later (raft persists snapshots while Apply goes on).
+func (ks *Keystore) SnapshotTo() func(io.Writer) error {
+	s := ks.Snapshot()
+	return func(w io.Writer) error {
+		_, err := s.WriteTo(w)
+		return err
+	}
+}
