@@ -212,3 +212,17 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (s *snapshot) Release() {}
+
+// Barrier waits until every entry committed before the call has been applied
+// to the state machine. Only the leader can do this; elsewhere it returns at
+// once (followers apply what they receive).
+func (n *Node) Barrier(ctx context.Context) error {
+	if n.raft.State() != raft.Leader {
+		return nil
+	}
+	timeout := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	return n.raft.Barrier(timeout).Error()
+}

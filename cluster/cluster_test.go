@@ -38,8 +38,8 @@ func TestNode_ReplaysAfterRestart(t *testing.T) {
 	if !n.IsLeader() || n.LeaderID() != "n1" {
 		t.Fatalf("leader = %q", n.LeaderID())
 	}
-	root, err := ks.Init(ctx, 1, 1)
-	if err != nil {
+	root, _ := ks.NewRootKey()
+	if err := ks.Init(ctx, root, "test-cluster", 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	defer clear(root)

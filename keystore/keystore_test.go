@@ -40,8 +40,11 @@ func newKS(t testing.TB, clk *clock) *Keystore {
 
 func mustInit(t testing.TB, ks *Keystore) []byte {
 	t.Helper()
-	root, err := ks.Init(context.Background(), 5, 3)
+	root, err := ks.NewRootKey()
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Init(context.Background(), root, "test-cluster", 5, 3); err != nil {
 		t.Fatal(err)
 	}
 	return root
@@ -88,7 +91,7 @@ func TestKeystore_InitSealUnseal(t *testing.T) {
 	if ks.Sealed() {
 		t.Fatal("init should leave the node unsealed")
 	}
-	if _, err := ks.Init(context.Background(), 5, 3); !errors.Is(err, ErrAlreadyInitialized) {
+	if err := ks.Init(context.Background(), root, "test-cluster", 5, 3); !errors.Is(err, ErrAlreadyInitialized) {
 		t.Fatalf("second init: %v", err)
 	}
 	mustCreate(t, ks, "k", "")

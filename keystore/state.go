@@ -295,45 +295,55 @@ func (ks *Keystore) SealConfig() *SealConfig {
 
 // ---- init / unseal / seal ----
 
-// Init creates the cluster's root key and first keyring term, commits them
-// and unseals this node. It returns a copy of the root key for the caller to
-// split into shares and to seal with a device; the caller zeroes it.
-func (ks *Keystore) Init(ctx context.Context, shares, threshold int) ([]byte, error) {
+// Init commits a new cluster with root as its root key (the caller made it,
+// split it into shares and sealed it with a device before calling, so that
+// nothing is committed unless all of that worked) and a first keyring term,
+// then unseals this node. root is copied; the caller zeroes its slice.
+func (ks *Keystore) Init(ctx context.Context, root []byte, clusterID string, shares, threshold int) error {
+	if len(root) != RootKeySize {
+		return invalidf("root key must be %d bytes", RootKeySize)
+	}
+	if clusterID == "" {
+		return invalidf("cluster id must not be empty")
+	}
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
 	if ks.Initialized() {
-		return nil, ErrAlreadyInitialized
+		return ErrAlreadyInitialized
 	}
-	root := make([]byte, RootKeySize)
-	if _, err := io.ReadFull(ks.cfg.Rand, root); err != nil {
-		return nil, fmt.Errorf("reading randomness: %w", err)
-	}
-	idb := make([]byte, 16)
-	if _, err := io.ReadFull(ks.cfg.Rand, idb); err != nil {
-		clear(root)
-		return nil, fmt.Errorf("reading randomness: %w", err)
-	}
-	sc := &SealConfig{ClusterID: formatUUID(idb), Shares: shares, Threshold: threshold, CreatedAt: ks.cfg.Now().UTC()}
-
-	termKey := make([]byte, 32)
+	sc := &SealConfig{ClusterID: clusterID, Shares: shares, Threshold: threshold, CreatedAt: ks.cfg.Now().UTC()}
+	termKey := make([]byte, barrierKeySize)
 	defer clear(termKey)
 	if _, err := io.ReadFull(ks.cfg.Rand, termKey); err != nil {
-		clear(root)
-		return nil, fmt.Errorf("reading randomness: %w", err)
+		return fmt.Errorf("reading randomness: %w", err)
 	}
 	kr := &keyringPlain{Active: 1, Terms: []termMeta{{Term: 1, CreatedAt: sc.CreatedAt}}}
 	blob, err := sealKeyring(root, sc.ClusterID, kr, [][]byte{termKey}, ks.cfg.Rand)
 	if err != nil {
-		clear(root)
-		return nil, err
+		return err
 	}
 	if err := ks.propose(ctx, &command{Op: opInit, Seal: sc, Keyring: blob}); err != nil {
-		clear(root)
-		return nil, err
+		return err
 	}
-	if err := ks.Unseal(root); err != nil {
-		clear(root)
-		return nil, err
+	return ks.Unseal(root)
+}
+
+// NewClusterID returns a fresh random cluster id (a UUID v4 string).
+func (ks *Keystore) NewClusterID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := io.ReadFull(ks.cfg.Rand, b); err != nil {
+		return "", fmt.Errorf("reading randomness: %w", err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return formatUUID(b), nil
+}
+
+// NewRootKey returns a fresh random root key; the caller zeroes it.
+func (ks *Keystore) NewRootKey() ([]byte, error) {
+	root := make([]byte, RootKeySize)
+	if _, err := io.ReadFull(ks.cfg.Rand, root); err != nil {
+		return nil, fmt.Errorf("reading randomness: %w", err)
 	}
 	return root, nil
 }

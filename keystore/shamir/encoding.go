@@ -88,12 +88,17 @@ func Parse(s string) ([]byte, error) {
 		text = append(text, c)
 	}
 
+	// No byte string encodes to 1, 3 or 6 characters modulo 8, but
+	// encoding/base32 decodes such lengths without complaint.
+	if r := len(text) % 8; r == 1 || r == 3 || r == 6 {
+		return nil, invalidShare("the share has the wrong length: it was truncated or has extra characters; re-enter it exactly as printed at init")
+	}
 	decoded := make([]byte, shareEncoding.DecodedLen(len(text)))
 	defer clear(decoded)
 	n, err := shareEncoding.Decode(decoded, text)
 	if err != nil {
-		// The decoder fails only on lengths that no base32 string has.
-		return nil, invalidShare("the share has the wrong length: it was truncated or has extra characters; re-enter it exactly as printed at init")
+		// Not reached: the alphabet and the length were checked above.
+		return nil, invalidShare("the share cannot be decoded; re-enter it exactly as printed at init")
 	}
 	decoded = decoded[:n]
 	if n < 1+1+checksumLen {

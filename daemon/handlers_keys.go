@@ -1,0 +1,381 @@
+package daemon
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/auth"
+	"github.com/coffer-kms/coffer/keystore"
+)
+
+// ---- key administration ----
+
+func (s *Server) handleListKeys(rc *reqCtx) error {
+	names, err := s.ks.ListKeys()
+	if err != nil {
+		return err
+	}
+	if !s.isAdmin(rc.caller) {
+		// Others see the keys they may read, and nothing about the rest.
+		ps := s.policies.Load()
+		visible := names[:0]
+		for _, n := range names {
+			if ps.Allowed(rc.caller, api.OpRead, n) {
+				visible = append(visible, n)
+			}
+		}
+		names = visible
+	}
+	writeJSON(rc.w, http.StatusOK, api.KeyList{Keys: names})
+	return nil
+}
+
+func (s *Server) handleCreateKey(rc *reqCtx) error {
+	var req api.CreateKeyRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	if !api.ValidName(req.Name) {
+		return badRequest("invalid key name %q: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit", truncate(req.Name))
+	}
+	if !s.allowed(rc.caller, api.OpCreate, req.Name) {
+		return denied(rc.caller, "create key \""+req.Name+"\"")
+	}
+	k, err := s.ks.CreateKey(rc.r.Context(), req.Name, req.Type, req.RotationPeriod)
+	if err != nil {
+		return err
+	}
+	s.log.Info("key created", "key", k.Name, "type", k.Type, "uid", rc.caller.UID)
+	writeJSON(rc.w, http.StatusCreated, k)
+	return nil
+}
+
+func (s *Server) handleGetKey(rc *reqCtx) error {
+	k, err := s.ks.GetKey(rc.name)
+	if err != nil {
+		return err
+	}
+	writeJSON(rc.w, http.StatusOK, k)
+	return nil
+}
+
+func (s *Server) handleUpdateKey(rc *reqCtx) error {
+	var req api.UpdateKeyRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	if req.MinDecryptionVersion == nil && req.RotationPeriod == nil {
+		return badRequest("nothing to update: send min_decryption_version and/or rotation_period")
+	}
+	k, err := s.ks.UpdateKey(rc.r.Context(), rc.name, req.MinDecryptionVersion, req.RotationPeriod)
+	if err != nil {
+		return err
+	}
+	s.log.Info("key updated", "key", k.Name, "min-decryption-version", k.MinDecryptionVersion, "rotation-period", k.RotationPeriod, "uid", rc.caller.UID)
+	writeJSON(rc.w, http.StatusOK, k)
+	return nil
+}
+
+func (s *Server) handleRotateKey(rc *reqCtx) error {
+	k, err := s.ks.RotateKey(rc.r.Context(), rc.name)
+	if err != nil {
+		return err
+	}
+	s.log.Info("key rotated", "key", k.Name, "version", k.LatestVersion, "uid", rc.caller.UID)
+	writeJSON(rc.w, http.StatusOK, k)
+	return nil
+}
+
+func (s *Server) handleDeleteKey(rc *reqCtx) error {
+	q := rc.r.URL.Query()
+	for p := range q {
+		if p != "pending_window" {
+			return badRequest("unknown query parameter %q: only pending_window is accepted", truncate(p))
+		}
+	}
+	window, err := keystore.ParsePendingWindow(q.Get("pending_window"))
+	if err != nil {
+		return err
+	}
+	k, err := s.ks.DeleteKey(rc.r.Context(), rc.name, window)
+	if err != nil {
+		return err
+	}
+	s.log.Warn("key scheduled for deletion", "key", k.Name, "deletion-date", k.DeletionDate, "uid", rc.caller.UID)
+	writeJSON(rc.w, http.StatusAccepted, k)
+	return nil
+}
+
+func (s *Server) handleRestoreKey(rc *reqCtx) error {
+	k, err := s.ks.RestoreKey(rc.r.Context(), rc.name)
+	if err != nil {
+		return err
+	}
+	s.log.Info("key deletion cancelled", "key", k.Name, "uid", rc.caller.UID)
+	writeJSON(rc.w, http.StatusOK, k)
+	return nil
+}
+
+// ---- crypto ----
+
+func checkBatch(n int) error {
+	if n == 0 {
+		return badRequest("batch is empty: send at least one item, or a single item without batch")
+	}
+	if n > api.MaxBatch {
+		return &httpError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, "batch has " + strconv.Itoa(n) + " items, over the limit of " + strconv.Itoa(api.MaxBatch) + ": split it"}
+	}
+	return nil
+}
+
+func (s *Server) handleWrap(rc *reqCtx) error {
+	var req api.WrapRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	defer func() {
+		clear(req.Plaintext)
+		for i := range req.Batch {
+			clear(req.Batch[i].Plaintext)
+		}
+	}()
+	if req.Batch == nil {
+		if req.Plaintext == nil {
+			return badRequest(`plaintext is required: send {"plaintext": "<base64>"} or {"batch": [...]}`)
+		}
+		if len(req.Plaintext) > api.MaxPlaintext {
+			return keystore.ErrTooLarge
+		}
+		out, err := s.ks.Wrap(rc.name, []keystore.Item{{Plaintext: req.Plaintext, AAD: req.AAD}})
+		if err != nil {
+			return err
+		}
+		if out[0].Err != nil {
+			return out[0].Err
+		}
+		writeJSON(rc.w, http.StatusOK, api.WrapResult{Ciphertext: out[0].Ciphertext, KeyVersion: out[0].Version})
+		return nil
+	}
+	if req.Plaintext != nil || req.AAD != nil {
+		return badRequest("send either a single item or batch, not both")
+	}
+	if err := checkBatch(len(req.Batch)); err != nil {
+		return err
+	}
+	items := make([]keystore.Item, len(req.Batch))
+	for i, b := range req.Batch {
+		if b.Plaintext == nil {
+			return badRequest("batch item %d: plaintext is required", i)
+		}
+		items[i] = keystore.Item{Plaintext: b.Plaintext, AAD: b.AAD}
+	}
+	out, err := s.ks.Wrap(rc.name, items)
+	if err != nil {
+		return err
+	}
+	writeJSON(rc.w, http.StatusOK, wrapBatch(out))
+	return nil
+}
+
+func wrapBatch(out []keystore.Result) api.WrapBatchResponse {
+	resp := api.WrapBatchResponse{Batch: make([]api.WrapResult, len(out))}
+	for i, r := range out {
+		if r.Err != nil {
+			resp.Batch[i].Error = itemError(r.Err)
+			continue
+		}
+		resp.Batch[i] = api.WrapResult{Ciphertext: r.Ciphertext, KeyVersion: r.Version}
+	}
+	return resp
+}
+
+// ciphertextItems validates an unwrap or rewrap body.
+func ciphertextItems(req *api.CiphertextRequest) ([]keystore.Item, bool, error) {
+	if req.Batch == nil {
+		if req.Ciphertext == "" {
+			return nil, false, badRequest(`ciphertext is required: send {"ciphertext": "coffer:v…"} or {"batch": [...]}`)
+		}
+		return []keystore.Item{{Ciphertext: req.Ciphertext, AAD: req.AAD}}, false, nil
+	}
+	if req.Ciphertext != "" || req.AAD != nil {
+		return nil, true, badRequest("send either a single item or batch, not both")
+	}
+	if err := checkBatch(len(req.Batch)); err != nil {
+		return nil, true, err
+	}
+	items := make([]keystore.Item, len(req.Batch))
+	for i, b := range req.Batch {
+		items[i] = keystore.Item{Ciphertext: b.Ciphertext, AAD: b.AAD}
+	}
+	return items, true, nil
+}
+
+func (s *Server) handleUnwrap(rc *reqCtx) error {
+	var req api.CiphertextRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	items, batch, err := ciphertextItems(&req)
+	if err != nil {
+		return err
+	}
+	out, err := s.ks.Unwrap(rc.name, items)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, r := range out {
+			clear(r.Plaintext)
+		}
+	}()
+	if !batch {
+		if out[0].Err != nil {
+			return out[0].Err
+		}
+		writePlaintexts(rc.w, out, false)
+		return nil
+	}
+	writePlaintexts(rc.w, out, true)
+	return nil
+}
+
+// writePlaintexts encodes unwrap results by hand into a buffer this function
+// zeroes, rather than through encoding/json, whose pooled buffers would keep
+// the base64 plaintext around after the response.
+func writePlaintexts(w http.ResponseWriter, out []keystore.Result, batch bool) {
+	n := 32
+	for _, r := range out {
+		n += base64.StdEncoding.EncodedLen(len(r.Plaintext)) + 24
+	}
+	buf := make([]byte, 0, n)
+	defer func() { clear(buf[:cap(buf)]) }()
+	if batch {
+		buf = append(buf, `{"batch":[`...)
+	}
+	for i, r := range out {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		if r.Err != nil {
+			b, _ := json.Marshal(api.UnwrapResult{Error: itemError(r.Err)})
+			buf = append(buf, b...)
+			continue
+		}
+		buf = append(buf, `{"plaintext":"`...)
+		buf = base64.StdEncoding.AppendEncode(buf, r.Plaintext)
+		buf = append(buf, `"}`...)
+	}
+	if batch {
+		buf = append(buf, "]}"...)
+	}
+	buf = append(buf, '\n')
+	writeRaw(w, http.StatusOK, buf)
+}
+
+func (s *Server) handleRewrap(rc *reqCtx) error {
+	var req api.CiphertextRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	items, batch, err := ciphertextItems(&req)
+	if err != nil {
+		return err
+	}
+	out, err := s.ks.Rewrap(rc.name, items)
+	if err != nil {
+		return err
+	}
+	if !batch {
+		if out[0].Err != nil {
+			return out[0].Err
+		}
+		writeJSON(rc.w, http.StatusOK, api.WrapResult{Ciphertext: out[0].Ciphertext, KeyVersion: out[0].Version})
+		return nil
+	}
+	writeJSON(rc.w, http.StatusOK, wrapBatch(out))
+	return nil
+}
+
+func (s *Server) handleDataKey(rc *reqCtx) error {
+	var req api.DataKeyRequest
+	if err := decodeOptional(rc, &req); err != nil {
+		return err
+	}
+	n := api.DefaultDataKey
+	if req.Bytes != nil {
+		n = *req.Bytes
+	}
+	include := req.IncludePlaintext == nil || *req.IncludePlaintext
+	r, err := s.ks.DataKey(rc.name, n, req.AAD)
+	if err != nil {
+		return err
+	}
+	defer clear(r.Plaintext)
+	buf := make([]byte, 0, 96+base64.StdEncoding.EncodedLen(len(r.Plaintext))+len(r.Ciphertext))
+	defer func() { clear(buf[:cap(buf)]) }()
+	buf = append(buf, '{')
+	if include {
+		buf = append(buf, `"plaintext":"`...)
+		buf = base64.StdEncoding.AppendEncode(buf, r.Plaintext)
+		buf = append(buf, `",`...)
+	}
+	buf = append(buf, `"ciphertext":"`...)
+	buf = append(buf, r.Ciphertext...) // base64 and ASCII: no escaping needed
+	buf = append(buf, `","key_version":`...)
+	buf = strconv.AppendInt(buf, int64(r.Version), 10)
+	buf = append(buf, "}\n"...)
+	writeRaw(rc.w, http.StatusOK, buf)
+	return nil
+}
+
+// ---- policies ----
+
+func (s *Server) handleListPolicies(rc *reqCtx) error {
+	names, err := s.ks.ListPolicies()
+	if err != nil {
+		return err
+	}
+	writeJSON(rc.w, http.StatusOK, api.PolicyList{Policies: names})
+	return nil
+}
+
+func (s *Server) handleGetPolicy(rc *reqCtx) error {
+	p, err := s.ks.GetPolicy(rc.name)
+	if err != nil {
+		return err
+	}
+	writeJSON(rc.w, http.StatusOK, p)
+	return nil
+}
+
+func (s *Server) handlePutPolicy(rc *reqCtx) error {
+	var p api.Policy
+	if err := decode(rc, &p); err != nil {
+		return err
+	}
+	if p.Name != "" && p.Name != rc.name {
+		return badRequest("the body names policy %q but the path names %q: they must match (or leave name out)", truncate(p.Name), rc.name)
+	}
+	if err := auth.ValidatePolicy(rc.name, &p); err != nil {
+		return badRequest("%v", err)
+	}
+	if err := s.ks.PutPolicy(rc.r.Context(), rc.name, p); err != nil {
+		return err
+	}
+	s.log.Info("policy written", "policy", rc.name, "uid", rc.caller.UID)
+	p.Name = rc.name
+	writeJSON(rc.w, http.StatusOK, p)
+	return nil
+}
+
+func (s *Server) handleDeletePolicy(rc *reqCtx) error {
+	if err := s.ks.DeletePolicy(rc.r.Context(), rc.name); err != nil {
+		return err
+	}
+	s.log.Info("policy deleted", "policy", rc.name, "uid", rc.caller.UID)
+	rc.w.WriteHeader(http.StatusNoContent)
+	return nil
+}

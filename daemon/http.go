@@ -1,0 +1,392 @@
+package daemon
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/daemon/auth"
+	"github.com/coffer-kms/coffer/keystore"
+	"github.com/coffer-kms/coffer/keystore/shamir"
+)
+
+type ctxKey int
+
+const callerKey ctxKey = 0
+
+// connContext identifies the peer once per connection (SO_PEERCRED, its
+// unit and groups); every request on the connection reuses it.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	caller, err := auth.CallerFromConn(c)
+	if err != nil {
+		// No identity: only the open endpoints will answer.
+		return ctx
+	}
+	return context.WithValue(ctx, callerKey, caller)
+}
+
+// access says who may call a route.
+type access int
+
+const (
+	accessOpen        access = iota // anyone who can open the socket; works sealed
+	accessAdmin                     // uid 0 or an admin; needs the node unsealed
+	accessAdminSealed               // admin, and works while sealed (init)
+	accessKey                       // a policy grants op on the key; needs unsealed
+	accessAuthed                    // any identified caller; needs unsealed (list keys: filtered)
+)
+
+type route struct {
+	access  access
+	op      string // policy operation, for accessKey
+	handler func(s *Server, rc *reqCtx) error
+}
+
+// reqCtx is one request being served.
+type reqCtx struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	id     string
+	caller *auth.Caller
+	name   string // key or policy name from the path
+	start  time.Time
+}
+
+var (
+	sysRoutes = map[string]map[string]route{
+		"status": {"GET": {accessOpen, "", (*Server).handleStatus}},
+		"health": {"GET": {accessOpen, "", (*Server).handleHealth}},
+		"init":   {"POST": {accessAdminSealed, "", (*Server).handleInit}},
+		"unseal": {"POST": {accessOpen, "", (*Server).handleUnseal}},
+		"seal":   {"POST": {accessAdmin, "", (*Server).handleSeal}},
+		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
+		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
+	}
+	keysRoutes = map[string]route{
+		"GET":  {accessAuthed, "", (*Server).handleListKeys},
+		"POST": {accessAuthed, api.OpCreate, (*Server).handleCreateKey}, // checked in the handler: the name is in the body
+	}
+	keyRoutes = map[string]route{
+		"GET":    {accessKey, api.OpRead, (*Server).handleGetKey},
+		"PATCH":  {accessKey, api.OpUpdate, (*Server).handleUpdateKey},
+		"DELETE": {accessKey, api.OpDelete, (*Server).handleDeleteKey},
+	}
+	keyActionRoutes = map[string]map[string]route{
+		"rotate":  {"POST": {accessKey, api.OpRotate, (*Server).handleRotateKey}},
+		"restore": {"POST": {accessKey, api.OpDelete, (*Server).handleRestoreKey}},
+		"wrap":    {"POST": {accessKey, api.OpWrap, (*Server).handleWrap}},
+		"unwrap":  {"POST": {accessKey, api.OpUnwrap, (*Server).handleUnwrap}},
+		"rewrap":  {"POST": {accessKey, api.OpRewrap, (*Server).handleRewrap}},
+		"datakey": {"POST": {accessKey, api.OpDatakey, (*Server).handleDataKey}},
+	}
+	policiesRoutes = map[string]route{
+		"GET": {accessAdmin, "", (*Server).handleListPolicies},
+	}
+	policyRoutes = map[string]route{
+		"GET":    {accessAdmin, "", (*Server).handleGetPolicy},
+		"PUT":    {accessAdmin, "", (*Server).handlePutPolicy},
+		"DELETE": {accessAdmin, "", (*Server).handleDeletePolicy},
+	}
+)
+
+// match finds the routes for a path and the name it carries.
+func match(path string) (routes map[string]route, name string) {
+	rest, ok := strings.CutPrefix(path, "/v1/")
+	if !ok {
+		return nil, ""
+	}
+	first, rest, _ := strings.Cut(rest, "/")
+	switch first {
+	case "sys":
+		return sysRoutes[rest], ""
+	case "keys":
+		if rest == "" {
+			if strings.HasSuffix(path, "/") {
+				return nil, ""
+			}
+			return keysRoutes, ""
+		}
+		name, action, hasAction := strings.Cut(rest, "/")
+		if !hasAction {
+			return keyRoutes, name
+		}
+		if strings.Contains(action, "/") {
+			return nil, ""
+		}
+		return keyActionRoutes[action], name
+	case "policies":
+		if rest == "" {
+			if strings.HasSuffix(path, "/") {
+				return nil, ""
+			}
+			return policiesRoutes, ""
+		}
+		if strings.Contains(rest, "/") {
+			return nil, ""
+		}
+		return policyRoutes, rest
+	}
+	return nil, ""
+}
+
+// Handler returns the API handler.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+func (s *Server) newRequestID() string {
+	return s.reqPrefix + "-" + strconv.FormatUint(s.reqSeq.Add(1), 16)
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	rc := &reqCtx{w: w, r: r, id: s.newRequestID(), start: time.Now()}
+	rc.caller, _ = r.Context().Value(callerKey).(*auth.Caller)
+	w.Header().Set(api.HeaderRequestID, rc.id)
+	status := s.dispatch(rc)
+	if s.log.IsDebug() {
+		uid := int64(-1)
+		if rc.caller != nil {
+			uid = int64(rc.caller.UID)
+		}
+		// Method, path and caller only: never a body.
+		s.log.Debug("request", "request-id", rc.id, "method", r.Method, "path", r.URL.Path, "status", status, "uid", uid, "duration", time.Since(rc.start))
+	}
+}
+
+// dispatch routes and authorises a request and returns the status written.
+func (s *Server) dispatch(rc *reqCtx) int {
+	r := rc.r
+	// A browser page must never be able to drive the API (DNS rebinding or a
+	// proxied socket): real clients send neither header.
+	if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+		return s.fail(rc, &httpError{http.StatusForbidden, api.CodePermissionDenied, "requests from web pages are refused"})
+	}
+	routes, name := match(r.URL.Path)
+	if routes == nil {
+		return s.fail(rc, &httpError{http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint %s: see the API reference (spec/API.md)", truncate(r.URL.Path))})
+	}
+	rt, ok := routes[r.Method]
+	if !ok {
+		allow := make([]string, 0, len(routes))
+		for m := range routes {
+			allow = append(allow, m)
+		}
+		rc.w.Header().Set("Allow", strings.Join(allow, ", "))
+		return s.fail(rc, &httpError{http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, truncate(r.URL.Path), strings.Join(allow, " or "))})
+	}
+	if name != "" && !api.ValidName(name) {
+		return s.fail(rc, &httpError{http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("invalid name %q: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit", truncate(name))})
+	}
+	rc.name = name
+	switch rt.access {
+	case accessOpen:
+	case accessAdmin, accessAdminSealed:
+		if !s.isAdmin(rc.caller) {
+			return s.fail(rc, denied(rc.caller, "administer this node"))
+		}
+		if rt.access == accessAdmin && s.ks.Sealed() {
+			return s.fail(rc, keystore.ErrSealed)
+		}
+	case accessKey, accessAuthed:
+		if rc.caller == nil {
+			return s.fail(rc, denied(nil, "use this endpoint"))
+		}
+		if s.ks.Sealed() {
+			return s.fail(rc, keystore.ErrSealed)
+		}
+		if rt.access == accessKey && !s.allowed(rc.caller, rt.op, name) {
+			return s.fail(rc, denied(rc.caller, fmt.Sprintf("%s key %q", rt.op, name)))
+		}
+	}
+	if err := rt.handler(s, rc); err != nil {
+		return s.fail(rc, err)
+	}
+	return http.StatusOK
+}
+
+func (s *Server) isAdmin(c *auth.Caller) bool { return c != nil && s.admins.IsAdmin(c) }
+
+// allowed reports whether c may do op on key: admins may do everything.
+func (s *Server) allowed(c *auth.Caller, op, key string) bool {
+	if c == nil {
+		return false
+	}
+	return s.admins.IsAdmin(c) || s.policies.Load().Allowed(c, op, key)
+}
+
+func denied(c *auth.Caller, what string) error {
+	who := "this caller"
+	if c != nil {
+		who = fmt.Sprintf("uid %d", c.UID)
+		if c.Unit != "" && !c.UserUnit {
+			who += " (" + c.Unit + ")"
+		}
+	}
+	return &httpError{http.StatusForbidden, api.CodePermissionDenied, fmt.Sprintf("%s may not %s: ask an administrator for a policy that grants it (`coffer policy write`)", who, what)}
+}
+
+// ---- errors ----
+
+type httpError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *httpError) Error() string { return e.code + ": " + e.message }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf(format, args...)}
+}
+
+// toAPIError maps an error to its status and code. The message of a known
+// error is its own text, which this codebase keeps free of secrets; an
+// unknown error becomes 500 internal with only the request id.
+func toAPIError(err error) (int, api.ErrorDetail, bool) {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he.status, api.ErrorDetail{Code: he.code, Message: he.message}, true
+	}
+	msg := err.Error()
+	switch {
+	case errors.Is(err, keystore.ErrSealed), errors.Is(err, keystore.ErrNotInitialized):
+		return http.StatusServiceUnavailable, api.ErrorDetail{Code: api.CodeSealed, Message: msg}, true
+	case errors.Is(err, keystore.ErrRootKeyMismatch), errors.Is(err, shamir.ErrInvalidShare):
+		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeInvalidShare, Message: msg}, true
+	case errors.Is(err, keystore.ErrDecrypt):
+		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeDecryptFailed, Message: msg}, true
+	case errors.Is(err, keystore.ErrInvalid):
+		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeBadRequest, Message: msg}, true
+	case errors.Is(err, keystore.ErrNotFound):
+		return http.StatusNotFound, api.ErrorDetail{Code: api.CodeNotFound, Message: msg}, true
+	case errors.Is(err, keystore.ErrAlreadyExists):
+		return http.StatusConflict, api.ErrorDetail{Code: api.CodeAlreadyExists, Message: msg}, true
+	case errors.Is(err, keystore.ErrAlreadyInitialized):
+		return http.StatusConflict, api.ErrorDetail{Code: api.CodeAlreadyExists, Message: "the cluster is already initialised: unseal it with its shares instead"}, true
+	case errors.Is(err, keystore.ErrPendingDeletion):
+		return http.StatusConflict, api.ErrorDetail{Code: api.CodeKeyPendingDeletion, Message: msg}, true
+	case errors.Is(err, keystore.ErrVersionDisabled):
+		return http.StatusConflict, api.ErrorDetail{Code: api.CodeVersionDisabled, Message: msg}, true
+	case errors.Is(err, keystore.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, api.ErrorDetail{Code: api.CodeTooLarge, Message: msg}, true
+	case errors.Is(err, cluster.ErrNoLeader):
+		return http.StatusServiceUnavailable, api.ErrorDetail{Code: api.CodeNoLeader, Message: msg}, true
+	}
+	return http.StatusInternalServerError, api.ErrorDetail{Code: api.CodeInternal}, false
+}
+
+// fail writes err as the error body and returns the status.
+func (s *Server) fail(rc *reqCtx, err error) int {
+	status, d, known := toAPIError(err)
+	if !known {
+		d.Message = fmt.Sprintf("internal error (request %s): see the cofferd log", rc.id)
+		s.log.Error("internal error", "request-id", rc.id, "path", rc.r.URL.Path, "error", err)
+	}
+	writeJSON(rc.w, status, api.ErrorBody{Error: d})
+	return status
+}
+
+// itemError is a batch item's error body.
+func itemError(err error) *api.ErrorDetail {
+	_, d, known := toAPIError(err)
+	if !known {
+		d.Message = "internal error: see the cofferd log"
+	}
+	return &d
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"internal","message":"cannot encode the response"}}`)
+	}
+	writeRaw(w, status, append(b, '\n'))
+}
+
+func writeRaw(w http.ResponseWriter, status int, b []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// ---- request decoding ----
+
+// decode reads a JSON body into v strictly: one object, no unknown fields,
+// at most api.MaxBody bytes. Its errors say which field is wrong and never
+// quote the body.
+func decode(rc *reqCtx, v any) error {
+	body := http.MaxBytesReader(rc.w, rc.r.Body, api.MaxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return decodeError(err)
+		}
+		return badRequest("the body must hold one JSON object and nothing after it")
+	}
+	return nil
+}
+
+// decodeOptional is decode for endpoints whose body may be empty.
+func decodeOptional(rc *reqCtx, v any) error {
+	if rc.r.ContentLength == 0 {
+		return nil
+	}
+	err := decode(rc, v)
+	if he, ok := err.(*httpError); ok && he.message == emptyBody {
+		return nil
+	}
+	return err
+}
+
+const emptyBody = "the request body is empty: send a JSON object"
+
+func decodeError(err error) error {
+	var (
+		mbe  *http.MaxBytesError
+		syn  *json.SyntaxError
+		typ  *json.UnmarshalTypeError
+		b64  base64.CorruptInputError
+		msg  = err.Error()
+		unkn = strings.HasPrefix(msg, "json: unknown field ")
+	)
+	switch {
+	case errors.As(err, &mbe):
+		return &httpError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, fmt.Sprintf("request body over the %d-byte limit: split the batch or wrap a data key instead", api.MaxBody)}
+	case errors.Is(err, io.EOF):
+		return badRequest(emptyBody)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("malformed JSON: the body ends early")
+	case errors.As(err, &syn):
+		return badRequest("malformed JSON at byte %d: send a JSON object as in the API reference", syn.Offset)
+	case errors.As(err, &typ):
+		return badRequest("field %q has the wrong type: expected %s", typ.Field, typ.Type.String())
+	case errors.As(err, &b64):
+		return badRequest("a binary field is not valid base64: use standard base64 with padding (RFC 4648 §4)")
+	case unkn:
+		return badRequest("unknown field %s: check the field names in the API reference", strings.TrimPrefix(msg, "json: unknown field "))
+	}
+	return badRequest("malformed request body: send a JSON object as in the API reference")
+}
+
+func truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}

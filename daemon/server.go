@@ -1,0 +1,424 @@
+// Package daemon is cofferd's process: the sealed ⇄ unsealed lifecycle, the
+// HTTP/JSON API on the unix socket (spec/API.md), caller identity and
+// authorisation, the seal device and the key scheduler. It wires together
+// keystore (state), cluster (raft) and hsm (devices); the config, identity
+// and platform pieces live in the subpackages daemon/config, daemon/auth and
+// daemon/platform.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/daemon/auth"
+	"github.com/coffer-kms/coffer/daemon/config"
+	"github.com/coffer-kms/coffer/daemon/platform"
+	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/hsm/soft"
+	"github.com/coffer-kms/coffer/keystore"
+)
+
+// Options configures a Server beyond its config file.
+type Options struct {
+	Config  *config.Config
+	Logger  hclog.Logger
+	Version string
+	// SchedulerInterval is how often the leader looks for keys due for
+	// rotation or purge (default 30s).
+	SchedulerInterval time.Duration
+	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
+	// daemon's own uid, so `make run` works without root).
+	ExtraAdminUIDs []uint32
+}
+
+// Server is one running cofferd node.
+type Server struct {
+	cfg     *config.Config
+	log     hclog.Logger
+	version string
+
+	ks     *keystore.Keystore
+	node   *cluster.Node
+	device hsm.Device // nil: Shamir only
+
+	admins   *auth.Admins
+	policies atomic.Pointer[auth.PolicySet]
+
+	// unseal progress: parsed shares collected so far (zeroed on reset).
+	unsealMu     sync.Mutex
+	shares       [][]byte
+	sealedReason atomic.Pointer[string]
+
+	reqPrefix string
+	reqSeq    atomic.Uint64
+
+	schedInterval time.Duration
+	ln            net.Listener
+	http          *http.Server
+	stop          chan struct{}
+	wg            sync.WaitGroup
+	closeOnce     sync.Once
+}
+
+// New opens the node's state (raft under data_dir) and its seal device, and
+// unseals it with the device if it can. It does not listen yet; see Serve.
+func New(opts Options) (*Server, error) {
+	cfg := opts.Config
+	log := opts.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data_dir %s: %w", cfg.DataDir, err)
+	}
+	adminCfg := cfg.Admin
+	adminCfg.UIDs = append(append([]uint32(nil), adminCfg.UIDs...), opts.ExtraAdminUIDs...)
+	admins, err := auth.NewAdmins(adminCfg)
+	if err != nil {
+		return nil, err
+	}
+	pfx := make([]byte, 4)
+	rand.Read(pfx)
+	s := &Server{
+		cfg:           cfg,
+		log:           log,
+		version:       opts.Version,
+		admins:        admins,
+		reqPrefix:     hex.EncodeToString(pfx),
+		schedInterval: opts.SchedulerInterval,
+		stop:          make(chan struct{}),
+	}
+	if s.schedInterval == 0 {
+		s.schedInterval = 30 * time.Second
+	}
+	s.policies.Store(auth.NewPolicySet(nil))
+	s.setSealedReason("")
+
+	prop := &proposer{}
+	s.ks = keystore.New(keystore.Config{
+		Proposer: prop,
+		Logger:   log.Named("keystore"),
+		OnPolicies: func(m map[string]api.Policy) {
+			s.policies.Store(auth.NewPolicySet(m))
+		},
+	})
+	s.node, err = cluster.Open(cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks})
+	if err != nil {
+		return nil, err
+	}
+	prop.node = s.node
+
+	if cfg.Seal != nil {
+		s.device, err = openDevice(cfg)
+		if err != nil {
+			s.node.Close()
+			return nil, err
+		}
+		log.Info("seal device opened", "seal-type", s.device.Kind())
+		if s.device.Kind() == soft.Kind {
+			log.Warn("the soft seal device is NOT hardware: its key is a file next to the data; use it for development only")
+		}
+	}
+
+	// Raft replays the log on start; wait for it so that status tells the
+	// truth (initialised or not) and auto-unseal can find the keyring.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.node.WaitLeader(ctx); err != nil {
+		log.Warn("no raft leader yet; the node serves status and will accept writes once one is elected")
+	}
+	if err := s.waitApplied(ctx); err != nil {
+		log.Warn("raft log not yet applied", "error", err)
+	}
+	s.autoUnseal(ctx)
+	return s, nil
+}
+
+// proposer breaks the construction cycle keystore → raft → keystore.
+type proposer struct{ node *cluster.Node }
+
+func (p *proposer) Propose(ctx context.Context, cmd []byte) (any, error) {
+	return p.node.Propose(ctx, cmd)
+}
+
+// waitApplied waits until the FSM has applied everything in the log, so
+// that a restarted node knows it is initialised before it answers status.
+func (s *Server) waitApplied(ctx context.Context) error {
+	return s.node.Barrier(ctx)
+}
+
+func openDevice(cfg *config.Config) (hsm.Device, error) {
+	switch cfg.Seal.Type {
+	case "soft":
+		if !cfg.Dev {
+			return nil, errors.New(`the soft seal device is for development only: set dev = true or use seal "pkcs11" or seal "tpm"`)
+		}
+		return soft.Open(cfg.Seal.Soft.KeyFile)
+	case "pkcs11", "tpm":
+		return nil, fmt.Errorf("seal %q is not available in this build of cofferd yet; remove the seal block to run with Shamir shares only", cfg.Seal.Type)
+	}
+	return nil, fmt.Errorf("unknown seal type %q", cfg.Seal.Type)
+}
+
+// ---- sealed reason / status ----
+
+func (s *Server) setSealedReason(r string) { s.sealedReason.Store(&r) }
+
+func (s *Server) status() api.Status {
+	st := api.Status{
+		Initialized: s.ks.Initialized(),
+		Sealed:      s.ks.Sealed(),
+		SealType:    "shamir",
+		NodeID:      s.cfg.NodeID,
+		LeaderID:    s.node.LeaderID(),
+		IsLeader:    s.node.IsLeader(),
+		Version:     s.version,
+	}
+	if s.device != nil {
+		st.SealType = s.device.Kind()
+	}
+	if sc := s.ks.SealConfig(); sc != nil {
+		st.ClusterID, st.Shares, st.Threshold = sc.ClusterID, sc.Shares, sc.Threshold
+	}
+	s.unsealMu.Lock()
+	st.Progress = len(s.shares)
+	s.unsealMu.Unlock()
+	if st.Sealed {
+		switch r := *s.sealedReason.Load(); {
+		case r != "":
+			st.SealedReason = r
+		case !st.Initialized:
+			st.SealedReason = "not initialised: run `coffer operator init`"
+		default:
+			st.SealedReason = fmt.Sprintf("waiting for unseal shares: %d of %d entered; run `coffer operator unseal`", st.Progress, st.Threshold)
+		}
+	}
+	return st
+}
+
+// ---- device seal blob (node-local, never replicated) ----
+
+func (s *Server) blobPath() string { return filepath.Join(s.cfg.DataDir, "seal-blob.json") }
+
+type blobFile struct {
+	ClusterID string   `json:"cluster_id"`
+	NodeID    string   `json:"node_id"`
+	Blob      hsm.Blob `json:"blob"`
+}
+
+// sealWithDevice wraps root with this node's device and stores the blob.
+func (s *Server) sealWithDevice(ctx context.Context, clusterID string, root []byte) error {
+	b, err := s.device.Seal(ctx, root, hsm.SealAAD(clusterID, s.cfg.NodeID))
+	if err != nil {
+		return fmt.Errorf("sealing the root key with the %s device: %w", s.device.Kind(), err)
+	}
+	data, err := json.Marshal(blobFile{ClusterID: clusterID, NodeID: s.cfg.NodeID, Blob: b})
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(s.blobPath(), data, 0o600)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// autoUnseal unseals the node with its device when it has one and a blob.
+func (s *Server) autoUnseal(ctx context.Context) {
+	sc := s.ks.SealConfig()
+	if sc == nil || !s.ks.Sealed() {
+		return
+	}
+	if s.device == nil {
+		s.setSealedReason("")
+		return
+	}
+	breakGlass := "; unseal with shares (`coffer operator unseal`), then run `coffer operator reseal` to enrol this node's device again"
+	data, err := os.ReadFile(s.blobPath())
+	if errors.Is(err, os.ErrNotExist) {
+		s.setSealedReason("this node's " + s.device.Kind() + " device has not sealed the root key yet" + breakGlass)
+		s.log.Warn("no device-sealed root key on this node; waiting for shares", "seal-type", s.device.Kind())
+		return
+	}
+	var bf blobFile
+	if err == nil {
+		err = json.Unmarshal(data, &bf)
+	}
+	if err != nil {
+		s.setSealedReason("cannot read " + s.blobPath() + ": " + err.Error() + breakGlass)
+		s.log.Error("cannot read the device-sealed root key", "path", s.blobPath(), "error", err)
+		return
+	}
+	if bf.ClusterID != sc.ClusterID {
+		s.setSealedReason("the device-sealed root key on this node belongs to another cluster" + breakGlass)
+		s.log.Error("device-sealed root key is for another cluster", "blob-cluster-id", bf.ClusterID, "cluster-id", sc.ClusterID)
+		return
+	}
+	root, err := s.device.Unseal(ctx, bf.Blob, hsm.SealAAD(sc.ClusterID, s.cfg.NodeID))
+	if err != nil {
+		s.setSealedReason("the " + s.device.Kind() + " device could not unseal the root key: " + err.Error() + breakGlass)
+		s.log.Error("auto-unseal failed", "seal-type", s.device.Kind(), "error", err)
+		return
+	}
+	err = s.ks.Unseal(root)
+	clear(root)
+	if err != nil {
+		s.setSealedReason("the root key from the " + s.device.Kind() + " device does not open the keyring: " + err.Error() + breakGlass)
+		s.log.Error("auto-unseal: device root key does not open the keyring", "error", err)
+		return
+	}
+	s.setSealedReason("")
+	s.log.Info("auto-unsealed with the seal device", "seal-type", s.device.Kind())
+}
+
+// ---- serving ----
+
+// Serve listens on the configured unix socket and serves until ctx ends or
+// Close is called.
+func (s *Server) Serve(ctx context.Context) error {
+	ln, err := platform.ListenUnix(s.cfg.Listener.Path, s.cfg.Listener.Mode, s.cfg.Listener.Group)
+	if err != nil {
+		return err
+	}
+	return s.ServeListener(ctx, ln)
+}
+
+// ServeListener serves on ln (e.g. a socket-activated listener).
+func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	s.ln = ln
+	s.http = &http.Server{
+		Handler:           s.Handler(),
+		ConnContext:       connContext,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+	s.wg.Add(1)
+	go s.scheduler()
+	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		s.Close()
+		<-errc
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// Close stops serving, seals the node (zeroing key material) and closes raft
+// and the device.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		if s.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.http.Shutdown(ctx)
+			cancel()
+		}
+		s.wg.Wait()
+		s.ks.Seal()
+		s.resetProgress()
+		err = s.node.Close()
+		if s.device != nil {
+			s.device.Close()
+		}
+	})
+	return err
+}
+
+// Keystore exposes the keystore (dev mode creates its first key with it).
+func (s *Server) Keystore() *keystore.Keystore { return s.ks }
+
+// ---- scheduler ----
+
+// scheduler rotates keys whose rotation period passed and purges keys whose
+// deletion date passed. It runs on every node but acts only on the leader,
+// and each action re-checks inside its compare-and-set write, so a leader
+// change never rotates a key twice.
+func (s *Server) scheduler() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.schedInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.runSchedule()
+	}
+}
+
+func (s *Server) runSchedule() {
+	if !s.node.IsLeader() || s.ks.Sealed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now := time.Now()
+	for _, name := range s.ks.DueRotations(now) {
+		ok, err := s.ks.RotateIfDue(ctx, name)
+		if err != nil {
+			s.log.Error("scheduled rotation failed", "key", name, "error", err)
+		} else if ok {
+			s.log.Info("rotated key on schedule", "key", name)
+		}
+	}
+	for _, name := range s.ks.DuePurges(now) {
+		ok, err := s.ks.PurgeKey(ctx, name)
+		if err != nil {
+			s.log.Error("purging key failed", "key", name, "error", err)
+		} else if ok {
+			s.log.Info("purged key after its deletion window", "key", name)
+		}
+	}
+}
