@@ -358,19 +358,31 @@ func decryptAgeFile(src io.Reader, ids []age.Identity) ([]string, error) {
 		case errors.As(err, &armorErr):
 			return nil, fmt.Errorf("the armored block is damaged (%v); paste it exactly as printed at init", armorErr.Unwrap())
 		default:
-			return nil, fmt.Errorf("cannot decrypt it: %w", err)
+			return nil, fmt.Errorf("cannot decrypt it: %w (check that it was pasted completely, exactly as printed at init)", err)
 		}
 	}
-	plaintext, err := io.ReadAll(io.LimitReader(r, maxSharePlaintext+1))
-	defer clear(plaintext)
-	if err != nil {
-		// age authenticates each chunk; a read error means the payload was
-		// altered or cut off.
-		return nil, fmt.Errorf("the encrypted share is damaged: %w", err)
+	// One fixed buffer (not io.ReadAll, which leaves copies behind as it
+	// grows) so that all of the plaintext is zeroed afterwards.
+	buf := make([]byte, maxSharePlaintext+1)
+	defer clear(buf)
+	// Only io.EOF means the whole payload was read and authenticated (age
+	// reports a cut-off payload as io.ErrUnexpectedEOF, so io.ReadFull's
+	// conventions do not fit).
+	n := 0
+	for {
+		if n == len(buf) {
+			return nil, fmt.Errorf("it decrypts to more than %d bytes, which is not a share", maxSharePlaintext)
+		}
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the encrypted share is damaged: %w", err)
+		}
 	}
-	if len(plaintext) > maxSharePlaintext {
-		return nil, fmt.Errorf("it decrypts to more than %d bytes, which is not a share", maxSharePlaintext)
-	}
+	plaintext := buf[:n]
 	var shares []string
 	for line := range bytes.Lines(plaintext) {
 		if line = bytes.TrimSpace(line); len(line) > 0 {

@@ -557,6 +557,25 @@ func TestDecryptShares_Errors(t *testing.T) {
 	last := lines[len(lines)-2]
 	alteredLast := flipBase64(last, len(last)/2)
 	tampered := strings.Join(append(append([]string{}, lines[:len(lines)-2]...), alteredLast, lines[len(lines)-1]), "\n")
+	encrypt := func(plaintext []byte, armored bool) string {
+		var buf bytes.Buffer
+		var dst io.Writer = &buf
+		aw := armor.NewWriter(&buf)
+		if armored {
+			dst = aw
+		}
+		w, err := age.Encrypt(dst, mustRecipient(t, x.recipient))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(plaintext)
+		w.Close()
+		if armored {
+			aw.Close()
+		}
+		return buf.String()
+	}
+	binary := encrypt([]byte(testShare(t)), false)
 	for _, tt := range []struct {
 		name string
 		in   string
@@ -564,11 +583,15 @@ func TestDecryptShares_Errors(t *testing.T) {
 		want string
 	}{
 		{"empty", "", ids, "no shares found"},
+		{"cut-off binary file", binary[:len(binary)-5], ids, "damaged"},
+		{"binary file without payload", binary[:strings.Index(binary, "\n---")+50], ids, "cannot decrypt it: failed to read nonce"},
+		{"too much plaintext", encrypt(bytes.Repeat([]byte("a"), maxSharePlaintext+1), true), ids, "more than 4096 bytes"},
+		{"empty plaintext", encrypt(nil, true), ids, "decrypts to nothing"},
 		{"blank lines", "\n \n\t\n", ids, "no shares found"},
 		{"no END line", strings.Join(lines[:len(lines)-1], "\n"), ids, "line 1 has no -----END AGE ENCRYPTED FILE----- line"},
 		{"END without BEGIN", strings.Join(lines[1:], "\n"), ids, "never started"},
 		{"damaged armor", damaged, ids, "damaged"},
-		{"tampered payload", tampered, ids, "encrypted share at line 1"},
+		{"tampered payload", tampered, ids, "encrypted share at line 1: the encrypted share is damaged"},
 		{"no identities", armored, nil, "no identity was given"},
 		{"other PEM block", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", ids, "not an age-encrypted share"},
 		{"too large", strings.Repeat("a", maxSharesInput+1), ids, "larger than"},

@@ -45,8 +45,9 @@
 //   - base32 is RFC 4648 base32 (alphabet a-z, 2-7) in lower case without
 //     "=" padding.
 //
-// For the 32-byte root key the raw share has 33 bytes and the text has
-// 15 + 59 = 74 characters. [Encode] produces exactly this canonical form.
+// For the 32-byte root key the raw share has 33 bytes, 37 with the checksum,
+// and the text has 15 + 60 = 75 characters. [Encode] produces exactly this
+// canonical form.
 //
 // [Parse] accepts the canonical form and also tolerates, so that operators
 // can copy shares by hand:

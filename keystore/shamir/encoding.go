@@ -17,8 +17,8 @@ const (
 	checksumLen    = 4
 
 	// maxShareText bounds Parse's input before any work is done. A canonical
-	// share of MaxSecretLen bytes is 111 characters; this leaves ample room
-	// for grouping characters and surrounding whitespace.
+	// share of a MaxSecretLen-byte secret is 15 + 111 characters; this leaves
+	// ample room for grouping characters and surrounding whitespace.
 	maxShareText = 1024
 )
 
@@ -73,7 +73,8 @@ func Parse(s string) ([]byte, error) {
 	// (encoding/base32 silently skips '\r' and '\n').
 	body := s[len(Prefix):]
 	text := make([]byte, 0, len(body))
-	defer clear(text)
+	// A closure, because text grows after this line (within its capacity).
+	defer func() { clear(text) }()
 	for i := 0; i < len(body); i++ {
 		c := body[i]
 		switch {
