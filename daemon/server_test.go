@@ -23,7 +23,7 @@ import (
 )
 
 type testNode struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *Server
 	client *http.Client
 	logs   *bytes.Buffer
@@ -33,7 +33,7 @@ type testNode struct {
 }
 
 // startNode runs a Server on a real unix socket in a temp dir.
-func startNode(t *testing.T, dataDir string, mutate func(*config.Config)) *testNode {
+func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testNode {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "coffer-t")
 	if err != nil {
@@ -59,7 +59,7 @@ func startNode(t *testing.T, dataDir string, mutate func(*config.Config)) *testN
 	go func() {
 		defer close(n.done)
 		if err := srv.Serve(ctx); err != nil {
-			t.Error(err)
+			t.Errorf("serve: %v", err)
 		}
 	}()
 	n.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
