@@ -1,0 +1,467 @@
+// Package config reads cofferd's HCL configuration file (spec/CONFIG.md).
+//
+// Parsing is strict: an unknown attribute or block, a value of the wrong type,
+// or a setting that cannot work is an error, and every error is one line of
+// the form "FILE:LINE: what is wrong (and what to do)". Relative paths in the
+// file are relative to the file's directory and come out absolute.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/coffer-kms/coffer/api"
+)
+
+// Defaults (spec/CONFIG.md).
+const (
+	DefaultDataDir    = "/var/lib/coffer"
+	DefaultSocketPath = "/run/coffer/coffer.sock"
+	DefaultSocketMode = os.FileMode(0o660)
+	DefaultLogLevel   = "info"
+	DefaultLogFormat  = "text"
+)
+
+// Seal device types.
+const (
+	SealPKCS11 = "pkcs11"
+	SealTPM    = "tpm"
+	SealSoft   = "soft"
+)
+
+// LogLevels and LogFormats are the allowed values of log_level and
+// log_format.
+var (
+	LogLevels  = []string{"trace", "debug", "info", "warn", "error"}
+	LogFormats = []string{"text", "json"}
+)
+
+// maxSocketPath is the longest unix socket path Linux accepts
+// (sizeof(sun_path) - 1 for the terminating NUL).
+const maxSocketPath = 107
+
+// Config is cofferd's configuration.
+type Config struct {
+	NodeID    string
+	DataDir   string
+	LogLevel  string
+	LogFormat string
+	// Dev allows the soft seal device. Never in production.
+	Dev bool
+
+	Listener ListenerConfig
+	Admin    AdminConfig
+	// Cluster is nil for a single node.
+	Cluster *ClusterConfig
+	// Seal is nil when the node unseals with Shamir shares only.
+	Seal *SealConfig
+	// KMSv2 is nil when the Kubernetes KMS v2 plugin socket is off.
+	KMSv2 *KMSv2Config
+	// Audit is nil when the file has no audit block; the daemon then picks
+	// its default location.
+	Audit *AuditConfig
+
+	// File is the config file this came from ("" for the built-in
+	// defaults).
+	File string
+
+	// pos remembers where each setting was in the file, keyed by its
+	// dotted name ("listener.mode", "seal.pkcs11.library"), so that Validate
+	// can point at the line.
+	pos map[string]hcl.Range
+}
+
+// ListenerConfig is the API's unix socket.
+type ListenerConfig struct {
+	Path string
+	Mode os.FileMode
+	// Group owns the socket; "" keeps the daemon's own group.
+	Group string
+}
+
+// AdminConfig lists who may administer besides uid 0.
+type AdminConfig struct {
+	UIDs   []uint32
+	Groups []string
+}
+
+// ClusterConfig is the raft and node-to-node RPC endpoint.
+type ClusterConfig struct {
+	Addr          string
+	AdvertiseAddr string
+	Bootstrap     bool
+	TLSCertFile   string
+	TLSKeyFile    string
+	TLSCAFile     string
+}
+
+// SealConfig is the node's seal device. Type says which of PKCS11, TPM and
+// Soft is set.
+type SealConfig struct {
+	Type   string
+	PKCS11 *PKCS11Config
+	TPM    *TPMConfig
+	Soft   *SoftSealConfig
+}
+
+// PKCS11Config is a PKCS#11 token. The PIN comes from PINFile or PINEnv,
+// never from the config file itself.
+type PKCS11Config struct {
+	Library     string
+	TokenLabel  string
+	PINFile     string
+	PINEnv      string
+	KeyLabel    string
+	GenerateKey bool
+}
+
+// TPMConfig is a TPM 2.0: a character device or a simulator address.
+type TPMConfig struct {
+	Device  string
+	Address string
+	PCRs    []int
+}
+
+// SoftSealConfig is the development seal device.
+type SoftSealConfig struct {
+	KeyFile string
+}
+
+// KMSv2Config is the Kubernetes KMS v2 plugin socket.
+type KMSv2Config struct {
+	Path string
+	Key  string
+}
+
+// AuditConfig is the audit log.
+type AuditConfig struct {
+	Path string
+}
+
+// Error is a configuration error, located in the file where possible.
+type Error struct {
+	File string
+	Line int // 0 when the error has no single line
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.File != "" && e.Line > 0:
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	case e.File != "":
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	case e.Line > 0:
+		return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	default:
+		return "config: " + e.Msg
+	}
+}
+
+// DefaultConfig returns the configuration of spec/CONFIG.md's defaults:
+// node_id the hostname, data_dir /var/lib/coffer, log level info in text,
+// the socket /run/coffer/coffer.sock with mode 0660 and the daemon's own
+// group, only uid 0 administers, single node, Shamir-only unseal.
+func DefaultConfig() *Config {
+	host, _ := os.Hostname() // "" fails Validate with a hint to set node_id
+	return &Config{
+		NodeID:    host,
+		DataDir:   DefaultDataDir,
+		LogLevel:  DefaultLogLevel,
+		LogFormat: DefaultLogFormat,
+		Listener: ListenerConfig{
+			Path: DefaultSocketPath,
+			Mode: DefaultSocketMode,
+		},
+	}
+}
+
+// LoadConfig reads and parses the config file at path.
+func LoadConfig(path string) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config file: %w", err)
+	}
+	return ParseConfig(src, path)
+}
+
+// ParseConfig parses src, the contents of the file filename, fills in the
+// defaults, makes relative paths absolute against the file's directory (the
+// working directory when filename is "") and validates the result. The error
+// is a single line, an *Error.
+func ParseConfig(src []byte, filename string) (*Config, error) {
+	c := DefaultConfig()
+	c.File = filename
+	c.pos = make(map[string]hcl.Range)
+	if err := decode(c, src, filename); err != nil {
+		return nil, err
+	}
+	if c.Cluster != nil && c.Cluster.AdvertiseAddr == "" {
+		c.Cluster.AdvertiseAddr = c.Cluster.Addr
+	}
+	base, err := filepath.Abs(filepath.Dir(filename))
+	if err != nil {
+		return nil, &Error{File: filename, Msg: fmt.Sprintf("cannot resolve relative paths: %v", err)}
+	}
+	c.resolvePaths(base)
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) resolvePaths(base string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	abs(&c.DataDir)
+	abs(&c.Listener.Path)
+	if cl := c.Cluster; cl != nil {
+		abs(&cl.TLSCertFile)
+		abs(&cl.TLSKeyFile)
+		abs(&cl.TLSCAFile)
+	}
+	if s := c.Seal; s != nil {
+		if s.PKCS11 != nil {
+			// Library is left alone: a bare name ("libsofthsm2.so") is
+			// for the dynamic loader's search path.
+			abs(&s.PKCS11.PINFile)
+		}
+		if s.Soft != nil {
+			abs(&s.Soft.KeyFile)
+		}
+	}
+	if c.KMSv2 != nil {
+		abs(&c.KMSv2.Path)
+	}
+	if c.Audit != nil {
+		abs(&c.Audit.Path)
+	}
+}
+
+var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// errAt returns an error located at the setting key (dotted name), or at the
+// closest enclosing block the file has a position for.
+func (c *Config) errAt(key, format string, args ...any) error {
+	e := &Error{File: c.File, Msg: fmt.Sprintf(format, args...)}
+	for k := key; k != ""; {
+		if r, ok := c.pos[k]; ok {
+			e.Line = r.Start.Line
+			break
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return e
+}
+
+// Validate checks that the configuration can work. It is called by
+// ParseConfig; call it again after changing a Config in code.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return c.errAt("node_id", "node_id is empty and the hostname is unavailable; set node_id")
+	}
+	if !nodeIDRe.MatchString(c.NodeID) {
+		if _, set := c.pos["node_id"]; !set {
+			return c.errAt("node_id", "node_id defaults to the hostname %q, which is not a valid node id; set node_id (letters, digits, '.', '_', '-', up to 64, starting with a letter or digit)", c.NodeID)
+		}
+		return c.errAt("node_id", "node_id %q is invalid; use letters, digits, '.', '_' and '-', up to 64 characters, starting with a letter or digit", c.NodeID)
+	}
+	if c.DataDir == "" {
+		return c.errAt("data_dir", "data_dir is empty; set it to the directory for raft state and the sealed root key")
+	}
+	if !slices.Contains(LogLevels, c.LogLevel) {
+		return c.errAt("log_level", "log_level %q is not allowed; use one of %s", c.LogLevel, strings.Join(LogLevels, ", "))
+	}
+	if !slices.Contains(LogFormats, c.LogFormat) {
+		return c.errAt("log_format", "log_format %q is not allowed; use one of %s", c.LogFormat, strings.Join(LogFormats, ", "))
+	}
+	if err := c.validateListener(); err != nil {
+		return err
+	}
+	for _, g := range c.Admin.Groups {
+		if g == "" {
+			return c.errAt("admin.groups", "admin.groups contains an empty group name; remove it")
+		}
+	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
+	if err := c.validateSeal(); err != nil {
+		return err
+	}
+	if k := c.KMSv2; k != nil {
+		if k.Path == "" {
+			return c.errAt("kms_v2.path", "kms_v2 needs path, the unix socket for the kube-apiserver; add path = \"/run/coffer/kms-v2.sock\"")
+		}
+		if len(k.Path) > maxSocketPath {
+			return c.errAt("kms_v2.path", "kms_v2.path is %d bytes; a unix socket path must be at most %d, choose a shorter one", len(k.Path), maxSocketPath)
+		}
+		if k.Path == c.Listener.Path {
+			return c.errAt("kms_v2.path", "kms_v2.path is the API socket %s; give the KMS plugin its own socket path", k.Path)
+		}
+		if k.Key == "" {
+			return c.errAt("kms_v2.key", "kms_v2 needs key, the name of the Coffer key that encrypts Kubernetes secrets; add key = \"kubernetes\"")
+		}
+		if !api.ValidName(k.Key) {
+			return c.errAt("kms_v2.key", "kms_v2.key %q is not a valid key name; use letters, digits, '.', '_' and '-', starting with a letter or digit", k.Key)
+		}
+	}
+	if a := c.Audit; a != nil && a.Path == "" {
+		return c.errAt("audit.path", "audit needs path, the audit log file; add path = \"/var/log/coffer/audit.log\" or remove the audit block")
+	}
+	return nil
+}
+
+func (c *Config) validateListener() error {
+	l := c.Listener
+	if l.Path == "" {
+		return c.errAt("listener.path", "listener path is empty; set path in the listener \"unix\" block")
+	}
+	if len(l.Path) > maxSocketPath {
+		return c.errAt("listener.path", "listener path is %d bytes; a unix socket path must be at most %d, choose a shorter one", len(l.Path), maxSocketPath)
+	}
+	if l.Mode&^os.ModePerm != 0 {
+		return c.errAt("listener.mode", "listener mode %#o has bits beyond the permission bits; use an octal string like \"0660\"", uint32(l.Mode))
+	}
+	return nil
+}
+
+func (c *Config) validateCluster() error {
+	cl := c.Cluster
+	if cl == nil {
+		return nil
+	}
+	if cl.Addr == "" {
+		return c.errAt("cluster.addr", "cluster needs addr, the host:port for raft and node-to-node RPC; add addr = \"10.0.0.1:8201\" or remove the cluster block for a single node")
+	}
+	if err := checkHostPort(cl.Addr); err != nil {
+		return c.errAt("cluster.addr", "cluster.addr %q is not host:port (%v)", cl.Addr, err)
+	}
+	adv := cl.AdvertiseAddr
+	if adv == "" {
+		adv = cl.Addr
+	}
+	advKey := "cluster.advertise_addr"
+	if _, set := c.pos[advKey]; !set {
+		advKey = "cluster.addr"
+	}
+	if err := checkHostPort(adv); err != nil {
+		return c.errAt(advKey, "cluster.advertise_addr %q is not host:port (%v)", adv, err)
+	}
+	if host, _, _ := net.SplitHostPort(adv); host == "" || isUnspecified(host) {
+		return c.errAt(advKey, "the cluster advertise address %q is not reachable by other nodes; set cluster.advertise_addr to an address of this node that they can reach", adv)
+	}
+	for _, f := range []struct{ key, val string }{
+		{"tls_cert_file", cl.TLSCertFile},
+		{"tls_key_file", cl.TLSKeyFile},
+		{"tls_ca_file", cl.TLSCAFile},
+	} {
+		if f.val == "" {
+			return c.errAt("cluster."+f.key, "cluster needs %s: node-to-node traffic is always mutual TLS; set tls_cert_file, tls_key_file and tls_ca_file", f.key)
+		}
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if port == "" {
+		return errors.New("missing port")
+	}
+	return nil
+}
+
+func isUnspecified(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+func (c *Config) validateSeal() error {
+	s := c.Seal
+	if s == nil {
+		return nil
+	}
+	key := "seal." + s.Type
+	switch s.Type {
+	case SealPKCS11:
+		p := s.PKCS11
+		if p == nil || s.TPM != nil || s.Soft != nil {
+			return c.errAt("seal", "seal type %q needs exactly its own settings (PKCS11)", s.Type)
+		}
+		for _, f := range []struct{ name, val, example string }{
+			{"library", p.Library, "/usr/lib/softhsm/libsofthsm2.so"},
+			{"token_label", p.TokenLabel, "coffer"},
+			{"key_label", p.KeyLabel, "coffer-seal"},
+		} {
+			if f.val == "" {
+				return c.errAt(key+"."+f.name, "seal \"pkcs11\" needs %s; add %s = %q", f.name, f.name, f.example)
+			}
+		}
+		switch {
+		case p.PINFile != "" && p.PINEnv != "":
+			k := key + ".pin_env"
+			if c.pos[key+".pin_file"].Start.Line > c.pos[k].Start.Line {
+				k = key + ".pin_file"
+			}
+			return c.errAt(k, "seal \"pkcs11\" has both pin_file and pin_env; keep one")
+		case p.PINFile == "" && p.PINEnv == "":
+			return c.errAt(key, "seal \"pkcs11\" needs the token PIN from pin_file or pin_env (the PIN is never accepted inline); add pin_file = \"/etc/coffer/hsm.pin\" or pin_env = \"COFFER_HSM_PIN\"")
+		}
+	case SealTPM:
+		t := s.TPM
+		if t == nil || s.PKCS11 != nil || s.Soft != nil {
+			return c.errAt("seal", "seal type %q needs exactly its own settings (TPM)", s.Type)
+		}
+		switch {
+		case t.Device != "" && t.Address != "":
+			k := key + ".address"
+			if c.pos[key+".device"].Start.Line > c.pos[k].Start.Line {
+				k = key + ".device"
+			}
+			return c.errAt(k, "seal \"tpm\" has both device and address; use device for a TPM (\"/dev/tpmrm0\") or address for a simulator, not both")
+		case t.Device == "" && t.Address == "":
+			return c.errAt(key, "seal \"tpm\" needs device (a TPM, \"/dev/tpmrm0\") or address (a simulator, \"127.0.0.1:2321\" or \"unix:/path\")")
+		}
+		seen := make(map[int]bool, len(t.PCRs))
+		for _, p := range t.PCRs {
+			if p < 0 || p > 23 {
+				return c.errAt(key+".pcrs", "seal \"tpm\" pcrs has %d; PCR indexes are 0 to 23", p)
+			}
+			if seen[p] {
+				return c.errAt(key+".pcrs", "seal \"tpm\" pcrs lists %d twice; list each PCR once", p)
+			}
+			seen[p] = true
+		}
+	case SealSoft:
+		if s.Soft == nil || s.PKCS11 != nil || s.TPM != nil {
+			return c.errAt("seal", "seal type %q needs exactly its own settings (Soft)", s.Type)
+		}
+		if !c.Dev {
+			return c.errAt("seal", "the soft seal is for development only; set dev = true or use seal \"pkcs11\"/\"tpm\"")
+		}
+		if s.Soft.KeyFile == "" {
+			return c.errAt(key+".key_file", "seal \"soft\" needs key_file; add key_file = \"dev-seal.key\"")
+		}
+	default:
+		return c.errAt("seal", "unknown seal type %q; use \"pkcs11\", \"tpm\" or \"soft\" (development only), or remove the seal block to unseal with shares only", s.Type)
+	}
+	return nil
+}
