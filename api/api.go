@@ -124,6 +124,10 @@ type Status struct {
 	SealedReason string `json:"sealed_reason"`
 	AuditSeq     uint64 `json:"audit_seq"`
 	AuditHash    string `json:"audit_hash"`
+	// SealDeviceError is set while the node's seal device is failing (also
+	// when the node is unsealed and still serving from memory): what failed
+	// and what to do. Empty when healthy or with no device.
+	SealDeviceError string `json:"seal_device_error,omitempty"`
 }
 
 // InitRequest is the body of POST /v1/sys/init.

@@ -105,20 +105,20 @@ func (s *Server) Initialize(ctx context.Context, shares, threshold int, recipien
 		}
 		resp.Shares[i] = armored
 	}
-	if s.device != nil {
+	if s.seal != nil {
 		if err := s.sealWithDevice(ctx, clusterID, root); err != nil {
 			return api.InitResponse{}, err
 		}
 	}
 	if err := s.ks.Init(ctx, root, clusterID, shares, threshold); err != nil {
-		if s.device != nil {
+		if s.seal != nil {
 			os.Remove(s.blobPath())
 		}
 		return api.InitResponse{}, err
 	}
 	s.resetProgress()
 	s.setSealedReason("")
-	s.log.Info("cluster initialised", "cluster-id", clusterID, "shares", shares, "threshold", threshold, "encrypted-shares", resp.Encrypted, "device", s.device != nil)
+	s.log.Info("cluster initialised", "cluster-id", clusterID, "shares", shares, "threshold", threshold, "encrypted-shares", resp.Encrypted, "device", s.seal != nil)
 	return resp, nil
 }
 
@@ -211,9 +211,9 @@ func (s *Server) addShare(rc *reqCtx, sc *keystore.SealConfig, share []byte) err
 		return err
 	}
 	s.setSealedReason("")
-	if s.device != nil {
+	if s.seal != nil {
 		// The node has a device but needed shares: the break-glass path.
-		s.log.Warn("break-glass unseal with Shamir shares on a node with a seal device; run `coffer operator reseal` to enrol the device again", "seal-type", s.device.Kind())
+		s.log.Warn("break-glass unseal with Shamir shares on a node with a seal device; run `coffer operator reseal` to enrol the device again", "seal-type", s.seal.kind)
 	} else {
 		s.log.Info("unsealed with Shamir shares")
 	}
@@ -230,17 +230,22 @@ func (s *Server) handleSeal(rc *reqCtx) error {
 }
 
 func (s *Server) handleReseal(rc *reqCtx) error {
-	if s.device == nil {
+	if s.seal == nil {
 		return badRequest("this node has no seal device configured: add a seal \"pkcs11\" or seal \"tpm\" block to its config and restart it")
 	}
+	dev, err := s.seal.reopen(rc.r.Context())
+	if err != nil {
+		return &httpError{http.StatusServiceUnavailable, api.CodeInternal, "the " + s.seal.kind + " seal device cannot be opened: " + err.Error()}
+	}
 	sc := s.ks.SealConfig()
-	err := s.ks.RootKey(func(root []byte) error {
-		return s.sealWithDevice(rc.r.Context(), sc.ClusterID, root)
+	err = s.ks.RootKey(func(root []byte) error {
+		return s.sealWith(rc.r.Context(), dev, sc.ClusterID, root)
 	})
 	if err != nil {
 		return err
 	}
-	s.log.Warn("root key resealed with this node's device", "seal-type", s.device.Kind())
+	s.setSealedReason("")
+	s.log.Warn("root key resealed with this node's device; the next start will auto-unseal", "seal-type", s.seal.kind)
 	rc.w.WriteHeader(http.StatusNoContent)
 	return nil
 }

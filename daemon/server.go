@@ -29,7 +29,6 @@ import (
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/daemon/platform"
 	"github.com/coffer-kms/coffer/hsm"
-	"github.com/coffer-kms/coffer/hsm/soft"
 	"github.com/coffer-kms/coffer/keystore"
 )
 
@@ -41,6 +40,9 @@ type Options struct {
 	// SchedulerInterval is how often the leader looks for keys due for
 	// rotation or purge (default 30s).
 	SchedulerInterval time.Duration
+	// DeviceCheckInterval is how often the seal device's health is checked
+	// (default 10s).
+	DeviceCheckInterval time.Duration
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
@@ -52,9 +54,9 @@ type Server struct {
 	log     hclog.Logger
 	version string
 
-	ks     *keystore.Keystore
-	node   *cluster.Node
-	device hsm.Device // nil: Shamir only
+	ks   *keystore.Keystore
+	node *cluster.Node
+	seal *sealDevice // nil: Shamir only
 
 	admins   *auth.Admins
 	policies atomic.Pointer[auth.PolicySet]
@@ -67,12 +69,13 @@ type Server struct {
 	reqPrefix string
 	reqSeq    atomic.Uint64
 
-	schedInterval time.Duration
-	ln            net.Listener
-	http          *http.Server
-	stop          chan struct{}
-	wg            sync.WaitGroup
-	closeOnce     sync.Once
+	schedInterval  time.Duration
+	deviceInterval time.Duration
+	ln             net.Listener
+	http           *http.Server
+	stop           chan struct{}
+	wg             sync.WaitGroup
+	closeOnce      sync.Once
 }
 
 // New opens the node's state (raft under data_dir) and its seal device, and
@@ -106,6 +109,10 @@ func New(opts Options) (*Server, error) {
 	if s.schedInterval == 0 {
 		s.schedInterval = 30 * time.Second
 	}
+	s.deviceInterval = opts.DeviceCheckInterval
+	if s.deviceInterval == 0 {
+		s.deviceInterval = 10 * time.Second
+	}
 	s.policies.Store(auth.NewPolicySet(nil))
 	s.setSealedReason("")
 
@@ -123,18 +130,6 @@ func New(opts Options) (*Server, error) {
 	}
 	prop.node = s.node
 
-	if cfg.Seal != nil {
-		s.device, err = openDevice(cfg)
-		if err != nil {
-			s.node.Close()
-			return nil, err
-		}
-		log.Info("seal device opened", "seal-type", s.device.Kind())
-		if s.device.Kind() == soft.Kind {
-			log.Warn("the soft seal device is NOT hardware: its key is a file next to the data; use it for development only")
-		}
-	}
-
 	// Raft replays the log on start; wait for it so that status tells the
 	// truth (initialised or not) and auto-unseal can find the keyring.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -144,6 +139,14 @@ func New(opts Options) (*Server, error) {
 	}
 	if err := s.waitApplied(ctx); err != nil {
 		log.Warn("raft log not yet applied", "error", err)
+	}
+	s.seal = newSealDevice(cfg, log)
+	if s.seal != nil {
+		if _, err := s.seal.get(ctx); err != nil {
+			// Not fatal: shares can still unseal the node, and reseal
+			// retries the device.
+			log.Error("cannot open the seal device; the node will wait for unseal shares", "seal-type", s.seal.kind, "error", err)
+		}
 	}
 	s.autoUnseal(ctx)
 	return s, nil
@@ -162,19 +165,6 @@ func (s *Server) waitApplied(ctx context.Context) error {
 	return s.node.Barrier(ctx)
 }
 
-func openDevice(cfg *config.Config) (hsm.Device, error) {
-	switch cfg.Seal.Type {
-	case "soft":
-		if !cfg.Dev {
-			return nil, errors.New(`the soft seal device is for development only: set dev = true or use seal "pkcs11" or seal "tpm"`)
-		}
-		return soft.Open(cfg.Seal.Soft.KeyFile)
-	case "pkcs11", "tpm":
-		return nil, fmt.Errorf("seal %q is not available in this build of cofferd yet; remove the seal block to run with Shamir shares only", cfg.Seal.Type)
-	}
-	return nil, fmt.Errorf("unknown seal type %q", cfg.Seal.Type)
-}
-
 // ---- sealed reason / status ----
 
 func (s *Server) setSealedReason(r string) { s.sealedReason.Store(&r) }
@@ -189,8 +179,9 @@ func (s *Server) status() api.Status {
 		IsLeader:    s.node.IsLeader(),
 		Version:     s.version,
 	}
-	if s.device != nil {
-		st.SealType = s.device.Kind()
+	if s.seal != nil {
+		st.SealType = s.seal.kind
+		st.SealDeviceError = s.seal.lastError()
 	}
 	if sc := s.ks.SealConfig(); sc != nil {
 		st.ClusterID, st.Shares, st.Threshold = sc.ClusterID, sc.Shares, sc.Threshold
@@ -223,9 +214,18 @@ type blobFile struct {
 
 // sealWithDevice wraps root with this node's device and stores the blob.
 func (s *Server) sealWithDevice(ctx context.Context, clusterID string, root []byte) error {
-	b, err := s.device.Seal(ctx, root, hsm.SealAAD(clusterID, s.cfg.NodeID))
+	dev, err := s.seal.get(ctx)
 	if err != nil {
-		return fmt.Errorf("sealing the root key with the %s device: %w", s.device.Kind(), err)
+		return fmt.Errorf("opening the %s seal device: %w", s.seal.kind, err)
+	}
+	return s.sealWith(ctx, dev, clusterID, root)
+}
+
+// sealWith wraps root with dev and stores the blob, replacing the old one.
+func (s *Server) sealWith(ctx context.Context, dev hsm.Device, clusterID string, root []byte) error {
+	b, err := dev.Seal(ctx, root, hsm.SealAAD(clusterID, s.cfg.NodeID))
+	if err != nil {
+		return fmt.Errorf("sealing the root key with the %s device: %w", s.seal.kind, err)
 	}
 	data, err := json.Marshal(blobFile{ClusterID: clusterID, NodeID: s.cfg.NodeID, Blob: b})
 	if err != nil {
@@ -271,15 +271,15 @@ func (s *Server) autoUnseal(ctx context.Context) {
 	if sc == nil || !s.ks.Sealed() {
 		return
 	}
-	if s.device == nil {
+	if s.seal == nil {
 		s.setSealedReason("")
 		return
 	}
 	breakGlass := "; unseal with shares (`coffer operator unseal`), then run `coffer operator reseal` to enrol this node's device again"
 	data, err := os.ReadFile(s.blobPath())
 	if errors.Is(err, os.ErrNotExist) {
-		s.setSealedReason("this node's " + s.device.Kind() + " device has not sealed the root key yet" + breakGlass)
-		s.log.Warn("no device-sealed root key on this node; waiting for shares", "seal-type", s.device.Kind())
+		s.setSealedReason("this node's " + s.seal.kind + " device has not sealed the root key yet" + breakGlass)
+		s.log.Warn("no device-sealed root key on this node; waiting for shares", "seal-type", s.seal.kind)
 		return
 	}
 	var bf blobFile
@@ -296,21 +296,26 @@ func (s *Server) autoUnseal(ctx context.Context) {
 		s.log.Error("device-sealed root key is for another cluster", "blob-cluster-id", bf.ClusterID, "cluster-id", sc.ClusterID)
 		return
 	}
-	root, err := s.device.Unseal(ctx, bf.Blob, hsm.SealAAD(sc.ClusterID, s.cfg.NodeID))
+	dev, err := s.seal.get(ctx)
 	if err != nil {
-		s.setSealedReason("the " + s.device.Kind() + " device could not unseal the root key: " + err.Error() + breakGlass)
-		s.log.Error("auto-unseal failed", "seal-type", s.device.Kind(), "error", err)
+		s.setSealedReason("the " + s.seal.kind + " seal device cannot be opened: " + err.Error() + breakGlass)
+		return
+	}
+	root, err := dev.Unseal(ctx, bf.Blob, hsm.SealAAD(sc.ClusterID, s.cfg.NodeID))
+	if err != nil {
+		s.setSealedReason("the " + s.seal.kind + " device could not unseal the root key: " + err.Error() + breakGlass)
+		s.log.Error("auto-unseal failed", "seal-type", s.seal.kind, "error", err)
 		return
 	}
 	err = s.ks.Unseal(root)
 	clear(root)
 	if err != nil {
-		s.setSealedReason("the root key from the " + s.device.Kind() + " device does not open the keyring: " + err.Error() + breakGlass)
+		s.setSealedReason("the root key from the " + s.seal.kind + " device does not open the keyring: " + err.Error() + breakGlass)
 		s.log.Error("auto-unseal: device root key does not open the keyring", "error", err)
 		return
 	}
 	s.setSealedReason("")
-	s.log.Info("auto-unsealed with the seal device", "seal-type", s.device.Kind())
+	s.log.Info("auto-unsealed with the seal device", "seal-type", s.seal.kind)
 }
 
 // ---- serving ----
@@ -337,6 +342,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	}
 	s.wg.Add(1)
 	go s.scheduler()
+	if s.seal != nil {
+		s.wg.Add(1)
+		go s.deviceMonitor()
+	}
 	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(ln) }()
@@ -368,8 +377,8 @@ func (s *Server) Close() error {
 		s.ks.Seal()
 		s.resetProgress()
 		err = s.node.Close()
-		if s.device != nil {
-			s.device.Close()
+		if s.seal != nil {
+			s.seal.close()
 		}
 	})
 	return err
@@ -395,6 +404,24 @@ func (s *Server) scheduler() {
 		case <-t.C:
 		}
 		s.runSchedule()
+	}
+}
+
+// deviceMonitor checks the seal device periodically, so that status and
+// health report a device that went away while the node runs.
+func (s *Server) deviceMonitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.deviceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.seal.checkHealth(ctx)
+		cancel()
 	}
 }
 
