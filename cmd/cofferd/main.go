@@ -152,12 +152,19 @@ func runDev(ctx context.Context, dataDir, socket string, stdout, stderr io.Write
 	cfg.Dev = true
 	cfg.DataDir = dataDir
 	cfg.Listener.Path = socket
-	cfg.Seal = &config.SealConfig{Type: "soft", Soft: &config.SoftSealConfig{KeyFile: filepath.Join(dataDir, "dev-seal.key")}}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return cli.Exit("cofferd: "+err.Error(), 1)
+	}
+	seal, sealDesc, err := devSeal(dataDir)
+	if err != nil {
+		return cli.Exit("cofferd: "+err.Error(), 1)
+	}
+	cfg.Seal = seal
 	if err := cfg.Validate(); err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
 	}
-	err := serve(ctx, cfg, stderr, func(srv *daemon.Server) error {
-		return devReady(ctx, srv, cfg, temp, stdout)
+	err = serve(ctx, cfg, stderr, func(srv *daemon.Server) error {
+		return devReady(ctx, srv, cfg, temp, sealDesc, stdout)
 	}, uint32(os.Getuid()))
 	if temp {
 		os.RemoveAll(dataDir)
@@ -165,7 +172,7 @@ func runDev(ctx context.Context, dataDir, socket string, stdout, stderr io.Write
 	return err
 }
 
-func devReady(ctx context.Context, srv *daemon.Server, cfg *config.Config, temp bool, stdout io.Writer) error {
+func devReady(ctx context.Context, srv *daemon.Server, cfg *config.Config, temp bool, sealDesc string, stdout io.Writer) error {
 	ks := srv.Keystore()
 	share := "(initialised earlier: use the share printed then)"
 	if !ks.Initialized() {
@@ -189,9 +196,9 @@ func devReady(ctx context.Context, srv *daemon.Server, cfg *config.Config, temp 
 	}
 	sock := cfg.Listener.Path
 	fmt.Fprintf(stdout, `
-Coffer dev node — NOT for production: the seal device is a file (soft), one
-unseal share, state in %s.
+Coffer dev node — NOT for production: one unseal share, state in %s.
 
+    Seal device:  %s
     Socket:       %s
     Unseal share: %s
     Key:          dev
@@ -204,6 +211,6 @@ Try it (in another terminal):
 
 Press Ctrl-C to stop.
 
-`, state, sock, share, sock)
+`, state, sealDesc, sock, share, sock)
 	return nil
 }
