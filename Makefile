@@ -7,7 +7,8 @@ export CGO_ENABLED := 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0-dev)
 COMMIT     ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS    := -X github.com/coffer-kms/coffer/internal/version.Version=$(VERSION) \
-              -X github.com/coffer-kms/coffer/internal/version.Commit=$(COMMIT)
+              -X github.com/coffer-kms/coffer/internal/version.Commit=$(COMMIT) \
+              -X github.com/coffer-kms/coffer/cli.Version=$(VERSION) -X github.com/coffer-kms/coffer/cli.Commit=$(COMMIT)
 FUZZTIME   ?= 5s
 # Debian packages the tests use (SoftHSM2 + pkcs11-tool, swtpm + tpm2-tools
 # for the device tests).
