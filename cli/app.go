@@ -16,6 +16,7 @@ import (
 
 // Version and Commit identify the build; the Makefile sets them (and the
 // daemon's, internal/version) with
+//
 //	-ldflags "-X github.com/coffer-kms/coffer/cli.Version=1.2.3 -X github.com/coffer-kms/coffer/cli.Commit=abc123"
 var (
 	Version = "dev"

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/urfave/cli/v2"
@@ -112,7 +113,11 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 		return cli.Exit("cofferd: hardening the process: "+err.Error(), 1)
 	}
 	log := newLogger(cfg, stderr)
-	srv, err := daemon.New(daemon.Options{Config: cfg, Logger: log, Version: version.Version, ExtraAdminUIDs: extraAdmins})
+	checkEvery, err := deviceCheckInterval()
+	if err != nil {
+		return cli.Exit("cofferd: "+err.Error(), 1)
+	}
+	srv, err := daemon.New(daemon.Options{Config: cfg, Logger: log, Version: version.Version, ExtraAdminUIDs: extraAdmins, DeviceCheckInterval: checkEvery})
 	if err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
 	}
@@ -131,6 +136,25 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 	}
 	log.Info("stopped; key material zeroed")
 	return nil
+}
+
+// deviceCheckIntervalEnv is an undocumented test hook: end-to-end tests
+// shorten the seal device health check (default 10s) so that a device
+// failure shows in status within a test's time budget. It is not in the
+// config because operators have no reason to tune it.
+const deviceCheckIntervalEnv = "COFFER_DEVICE_CHECK_INTERVAL"
+
+// deviceCheckInterval reads deviceCheckIntervalEnv; 0 means the default.
+func deviceCheckInterval() (time.Duration, error) {
+	v := os.Getenv(deviceCheckIntervalEnv)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%q is not a positive Go duration (e.g. 500ms); unset it to use the default", deviceCheckIntervalEnv, v)
+	}
+	return d, nil
 }
 
 // runDev runs a throw-away development node (spec/CLI.md: cofferd --dev).
