@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+	p11 "github.com/miekg/pkcs11"
 
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/hsm"
@@ -35,6 +36,11 @@ type sealDevice struct {
 	mu  sync.Mutex
 	dev hsm.Device // nil until opened
 	err error      // the last open or health failure; nil when healthy
+	// pinRefused is set when opening failed because the token rejected the
+	// PIN (or it is locked). get then does not open again until reopen
+	// (`coffer operator reseal`): each try would cost one of the few wrong
+	// PIN attempts a real HSM allows before it locks the user PIN.
+	pinRefused error
 }
 
 func newSealDevice(cfg *config.Config, log hclog.Logger) *sealDevice {
@@ -100,9 +106,15 @@ func (d *sealDevice) get(ctx context.Context) (hsm.Device, error) {
 	if d.dev != nil {
 		return d.dev, nil
 	}
+	if d.pinRefused != nil {
+		return nil, d.pinRefused
+	}
 	dev, err := openDevice(ctx, d.cfg, d.log)
 	if err != nil {
 		d.err = err
+		if isPINRefusal(err) {
+			d.pinRefused = err
+		}
 		return nil, err
 	}
 	d.dev, d.err = dev, nil
@@ -118,6 +130,8 @@ func (d *sealDevice) get(ctx context.Context) (hsm.Device, error) {
 func (d *sealDevice) reopen(ctx context.Context) (hsm.Device, error) {
 	d.mu.Lock()
 	dev := d.dev
+	// An operator asked for this: try the PIN (perhaps fixed) once more.
+	d.pinRefused = nil
 	d.mu.Unlock()
 	if dev != nil {
 		if r, ok := dev.(reopener); ok {
@@ -138,6 +152,17 @@ func (d *sealDevice) reopen(ctx context.Context) (hsm.Device, error) {
 		d.mu.Unlock()
 	}
 	return d.get(ctx)
+}
+
+// isPINRefusal reports whether err says the token refused the PIN, which
+// trying again cannot fix and may make worse.
+func isPINRefusal(err error) bool {
+	for _, c := range []uint{p11.CKR_PIN_INCORRECT, p11.CKR_PIN_INVALID, p11.CKR_PIN_LEN_RANGE, p11.CKR_PIN_LOCKED} {
+		if errors.Is(err, p11.Error(c)) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkHealth asks the device whether it is usable and remembers the answer
