@@ -27,7 +27,9 @@ func openNode(t *testing.T, dir string) (*Node, *keystore.Keystore) {
 
 type lazyProposer struct{ n *Node }
 
-func (p *lazyProposer) Propose(ctx context.Context, b []byte) (any, error) { return p.n.Propose(ctx, b) }
+func (p *lazyProposer) Propose(ctx context.Context, b []byte) (any, error) {
+	return p.n.Propose(ctx, b)
+}
 
 // TestNode_ReplaysAfterRestart: writes committed through raft survive a
 // restart, from the log and from a snapshot.
