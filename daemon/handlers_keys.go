@@ -176,20 +176,37 @@ func (s *Server) handleWrap(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(rc.w, http.StatusOK, wrapBatch(out))
+	writeWrapBatch(rc.w, out)
 	return nil
 }
 
-func wrapBatch(out []keystore.Result) api.WrapBatchResponse {
-	resp := api.WrapBatchResponse{Batch: make([]api.WrapResult, len(out))}
+// writeWrapBatch encodes a wrap or rewrap batch answer by hand: ciphertexts
+// are ASCII from a fixed alphabet (no escaping), and skipping reflection
+// roughly halves the cost of large batches.
+func writeWrapBatch(w http.ResponseWriter, out []keystore.Result) {
+	n := 16
+	for _, r := range out {
+		n += len(r.Ciphertext) + 40
+	}
+	buf := make([]byte, 0, n)
+	buf = append(buf, `{"batch":[`...)
 	for i, r := range out {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
 		if r.Err != nil {
-			resp.Batch[i].Error = itemError(r.Err)
+			b, _ := json.Marshal(api.WrapResult{Error: itemError(r.Err)})
+			buf = append(buf, b...)
 			continue
 		}
-		resp.Batch[i] = api.WrapResult{Ciphertext: r.Ciphertext, KeyVersion: r.Version}
+		buf = append(buf, `{"ciphertext":"`...)
+		buf = append(buf, r.Ciphertext...)
+		buf = append(buf, `","key_version":`...)
+		buf = strconv.AppendInt(buf, int64(r.Version), 10)
+		buf = append(buf, '}')
 	}
-	return resp
+	buf = append(buf, "]}\n"...)
+	writeRaw(w, http.StatusOK, buf)
 }
 
 // ciphertextItems validates an unwrap or rewrap body.
@@ -295,7 +312,7 @@ func (s *Server) handleRewrap(rc *reqCtx) error {
 		writeJSON(rc.w, http.StatusOK, api.WrapResult{Ciphertext: out[0].Ciphertext, KeyVersion: out[0].Version})
 		return nil
 	}
-	writeJSON(rc.w, http.StatusOK, wrapBatch(out))
+	writeWrapBatch(rc.w, out)
 	return nil
 }
 
