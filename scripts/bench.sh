@@ -42,7 +42,7 @@ import json,sys
 r=json.load(sys.stdin); l=r["latency_us"]; cpu=r.get("server_cpu") or {}
 per=cpu.get("per_1000_items") or cpu.get("per_1000_requests")
 print("| %s | %s | %d | %d | %s | %.0f | %.0f | %.0f | %.0f | %s | %d |" % (sys.argv[1], r["op"], r["concurrency"], r["batch"],
-  "{:,.0f}".format(r["items_per_sec"]), l["p50"], l["p99"], l["p99.9"], l["max"], ("%.4f" % per) if per else "-", r["failed_requests"]))' "$label"
+  "{:,.0f}".format(r["items_per_sec"]), l["p50"], l["p99"], l["p99.9"], l["max"], ("%.5f" % per) if per else "-", r["failed_requests"]))' "$label"
 }
 echo
 echo "| server | op | concurrency | batch | items/s | p50 µs | p99 µs | p99.9 µs | max µs | server CPU-s / 1,000 items | failed |"
