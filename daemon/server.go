@@ -449,3 +449,6 @@ func (s *Server) runSchedule() {
 		}
 	}
 }
+
+// Status returns the node's status, as GET /v1/sys/status answers it.
+func (s *Server) Status() api.Status { return s.status() }
