@@ -133,6 +133,7 @@ func (e *env) newApp() *ucli.App {
 			e.rewrapCommand(),
 			e.datakeyCommand(),
 			e.policyCommand(),
+			e.tlsCommand(),
 			e.benchCommand(),
 			e.versionCommand(),
 			e.completionCommand(),

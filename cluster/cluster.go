@@ -10,11 +10,14 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,12 +37,31 @@ type StateMachine interface {
 	Restore(io.Reader) error
 }
 
+// Codec turns the FSM's answers into strings and back, so that a follower
+// gets the same answer for a forwarded write as the leader's FSM gave.
+type Codec interface {
+	EncodeResponse(any) string
+	DecodeResponse(string) any
+}
+
+// NetConfig is the cluster networking of a node (the config's cluster
+// block). Without it the node is a single voter on an in-memory transport.
+type NetConfig struct {
+	BindAddr      string // listen here (host:port)
+	AdvertiseAddr string // what peers dial
+	Bootstrap     bool   // found a new cluster when there is no raft state yet
+	ServerTLS     *tls.Config
+	ClientTLS     *tls.Config
+}
+
 // Config configures a Node.
 type Config struct {
 	NodeID  string
 	DataDir string // raft state goes in DataDir/raft
 	Logger  hclog.Logger
 	FSM     StateMachine
+	Codec   Codec
+	Net     *NetConfig
 	// ApplyTimeout bounds one write once a leader is known (default 10s).
 	ApplyTimeout time.Duration
 }
@@ -50,7 +72,13 @@ type Node struct {
 	log   hclog.Logger
 	raft  *raft.Raft
 	store *raftboltdb.BoltStore
+	snaps *raft.FileSnapshotStore
 	trans raft.Transport
+	mux   *mux
+
+	rpcSrv  *http.Server
+	rpcOnce sync.Once
+	rpcHTTP *http.Client
 }
 
 // Open starts raft on cfg.DataDir, bootstrapping a single-voter cluster on
@@ -75,20 +103,45 @@ func Open(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("opening snapshot store: %w", err)
 	}
-	addr, trans := raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
-
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = cfg.Logger.Named("raft")
-	// One voter: it can only ever elect itself, so short timeouts just mean
-	// a node serves sooner after start.
-	rc.HeartbeatTimeout = 200 * time.Millisecond
-	rc.ElectionTimeout = 200 * time.Millisecond
-	rc.LeaderLeaseTimeout = 100 * time.Millisecond
+	n := &Node{cfg: cfg, log: cfg.Logger, store: store, snaps: snaps}
 
-	n := &Node{cfg: cfg, log: cfg.Logger, store: store, trans: trans}
-	r, err := raft.NewRaft(rc, &fsm{sm: cfg.FSM}, store, store, snaps, trans)
+	var addr raft.ServerAddress
+	bootstrap := true
+	if cfg.Net == nil {
+		addr, n.trans = raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
+		// One voter: it can only ever elect itself, so short timeouts just
+		// mean a node serves sooner after start.
+		rc.HeartbeatTimeout = 200 * time.Millisecond
+		rc.ElectionTimeout = 200 * time.Millisecond
+		rc.LeaderLeaseTimeout = 100 * time.Millisecond
+	} else {
+		// Loopback and LAN clusters: a new leader within about two
+		// seconds of losing the old one.
+		rc.HeartbeatTimeout = 500 * time.Millisecond
+		rc.ElectionTimeout = 500 * time.Millisecond
+		rc.LeaderLeaseTimeout = 250 * time.Millisecond
+		m, err := newMux(cfg.Net.BindAddr, cfg.Net.ServerTLS, cfg.Logger.Named("cluster"))
+		if err != nil {
+			store.Close()
+			return nil, fmt.Errorf("listening on cluster address %s: %w", cfg.Net.BindAddr, err)
+		}
+		n.mux = m
+		addr = raft.ServerAddress(cfg.Net.AdvertiseAddr)
+		stream := &streamLayer{chanListener: m.raft, advertise: tcpAddr(cfg.Net.AdvertiseAddr), client: cfg.Net.ClientTLS}
+		n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: cfg.Logger.Named("raft-net"),
+		})
+		bootstrap = cfg.Net.Bootstrap
+		n.rpcSrv = n.newRPCServer()
+		go n.rpcSrv.Serve(m.rpc)
+	}
+
+	r, err := raft.NewRaft(rc, &fsm{sm: cfg.FSM}, store, store, snaps, n.trans)
 	if err != nil {
+		n.closeTransport()
 		store.Close()
 		return nil, fmt.Errorf("starting raft: %w", err)
 	}
@@ -98,13 +151,15 @@ func Open(cfg Config) (*Node, error) {
 		n.Close()
 		return nil, fmt.Errorf("reading raft state: %w", err)
 	}
-	if !has {
+	if !has && bootstrap {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: addr}}})
 		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			n.Close()
 			return nil, fmt.Errorf("bootstrapping raft: %w", err)
 		}
-		n.log.Info("bootstrapped a single-node raft cluster", "node-id", cfg.NodeID)
+		n.log.Info("bootstrapped a new raft cluster", "node-id", cfg.NodeID, "address", addr)
+	} else if !has {
+		n.log.Info("no raft state yet: waiting to be joined to a cluster (`coffer operator raft join LEADER_ADDR`)")
 	}
 	return n, nil
 }
@@ -125,22 +180,27 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
-// Propose commits cmd through raft and returns the FSM's response. It
-// implements keystore.Proposer.
+// Propose commits cmd through raft and returns the FSM's response. On a
+// follower the command is forwarded to the leader over mutual TLS. It gives
+// up with ErrNoLeader after ctx's deadline or ApplyTimeout. It implements
+// keystore.Proposer.
 func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
-	if n.raft.State() != raft.Leader {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := n.WaitLeader(wctx)
-		cancel()
-		if err != nil {
-			return nil, ErrNoLeader
-		}
-		if n.raft.State() != raft.Leader {
-			// Forwarding to another leader comes with clustering; a single
-			// node is always its own leader once elected.
-			return nil, ErrNoLeader
-		}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+	defer cancel()
+	if n.raft.State() == raft.Leader {
+		return n.applyLocal(ctx, cmd)
 	}
+	if n.cfg.Net == nil {
+		// A single node is always its own leader once elected.
+		if err := n.WaitLeader(ctx); err != nil || n.raft.State() != raft.Leader {
+			return nil, ErrNoLeader
+		}
+		return n.applyLocal(ctx, cmd)
+	}
+	return n.forward(ctx, cmd)
+}
+
+func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
@@ -175,13 +235,25 @@ func (n *Node) Close() error {
 	if n.raft != nil {
 		err = n.raft.Shutdown().Error()
 	}
-	if c, ok := n.trans.(io.Closer); ok {
-		c.Close()
-	}
+	n.closeTransport()
 	if cerr := n.store.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+func (n *Node) closeTransport() {
+	// The mux first: it unblocks the RPC server's Accept, which
+	// http.Server.Close waits for.
+	if n.mux != nil {
+		n.mux.Close()
+	}
+	if n.rpcSrv != nil {
+		n.rpcSrv.Close()
+	}
+	if c, ok := n.trans.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // fsm adapts the StateMachine to raft.FSM.
@@ -225,4 +297,114 @@ func (n *Node) Barrier(ctx context.Context) error {
 		timeout = time.Until(dl)
 	}
 	return n.raft.Barrier(timeout).Error()
+}
+
+// Peer is one member of the raft configuration.
+type Peer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+	Leader  bool   `json:"leader"`
+}
+
+// Peers lists the members of the raft configuration as this node knows it.
+func (n *Node) Peers() ([]Peer, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	_, leader := n.raft.LeaderWithID()
+	var out []Peer
+	for _, s := range f.Configuration().Servers {
+		out = append(out, Peer{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter, Leader: s.ID == leader})
+	}
+	return out, nil
+}
+
+// ErrNoSuchPeer: remove of a node that is not a member.
+var ErrNoSuchPeer = errors.New("no such peer")
+
+// RemovePeer removes a member (forwarded to the leader from a follower).
+func (n *Node) RemovePeer(ctx context.Context, id string) error {
+	peers, err := n.Peers()
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, p := range peers {
+		found = found || p.ID == id
+	}
+	if !found {
+		return fmt.Errorf("%w: %q is not a member of this cluster (see `coffer operator raft list-peers`)", ErrNoSuchPeer, id)
+	}
+	if n.raft.State() == raft.Leader {
+		return n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error()
+	}
+	if n.cfg.Net == nil {
+		return ErrNoLeader
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+	defer cancel()
+	for {
+		addr, _ := n.raft.LeaderWithID()
+		if addr == "" {
+			if !sleepCtx(ctx, 100*time.Millisecond) {
+				return ErrNoLeader
+			}
+			continue
+		}
+		out, status, err := n.call(ctx, string(addr), "/rpc/remove", []byte(id))
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNoLeader, err)
+		}
+		if status == http.StatusMisdirectedRequest {
+			if !sleepCtx(ctx, 100*time.Millisecond) {
+				return ErrNoLeader
+			}
+			continue
+		}
+		if out.Error != "" {
+			return errors.New(out.Error)
+		}
+		return nil
+	}
+}
+
+// Restore installs a snapshot (as written by the state machine's
+// SnapshotTo) as the whole cluster's state. Only the leader can; a follower
+// answers ErrNotLeaderForRestore.
+func (n *Node) Restore(r io.Reader) error {
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		return fmt.Errorf("%w: send the snapshot to the leader (%s)", ErrNotLeaderForRestore, addr)
+	}
+	return n.raft.Restore(&raft.SnapshotMeta{Version: raft.SnapshotVersionMax}, r, 5*time.Minute)
+}
+
+// ErrNotLeaderForRestore: a restore sent to a follower.
+var ErrNotLeaderForRestore = errors.New("snapshots are restored on the leader")
+
+// HasState reports whether this node has raft state (it has bootstrapped or
+// joined a cluster before).
+func (n *Node) HasState() bool {
+	has, err := raft.HasExistingState(n.store, n.store, n.snaps)
+	return err == nil && has
+}
+
+// CatchUp waits until this node has applied what the cluster committed when
+// it started: on the leader a barrier, on a follower until its applied
+// index reaches the commit index it learns from the leader.
+func (n *Node) CatchUp(ctx context.Context) error {
+	if n.raft.State() == raft.Leader {
+		return n.Barrier(ctx)
+	}
+	for {
+		// CommitIndex is updated by the leader's heartbeats.
+		if c := n.raft.CommitIndex(); c > 0 && n.raft.AppliedIndex() >= c {
+			return nil
+		}
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			return ErrNoLeader
+		}
+	}
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -14,6 +15,9 @@ import (
 // ---- key administration ----
 
 func (s *Server) handleListKeys(rc *reqCtx) error {
+	if err := s.node.Sync(rc.r.Context()); err != nil {
+		return err
+	}
 	names, err := s.ks.ListKeys()
 	if err != nil {
 		return err
@@ -54,6 +58,9 @@ func (s *Server) handleCreateKey(rc *reqCtx) error {
 }
 
 func (s *Server) handleGetKey(rc *reqCtx) error {
+	if err := s.node.Sync(rc.r.Context()); err != nil {
+		return err
+	}
 	k, err := s.ks.GetKey(rc.name)
 	if err != nil {
 		return err
@@ -121,6 +128,37 @@ func (s *Server) handleRestoreKey(rc *reqCtx) error {
 
 // ---- crypto ----
 
+// crypto runs a crypto operation and, when it names a key or a key version
+// this node has not applied yet (created or rotated through another node a
+// moment ago), waits until the node has caught up with the leader and runs
+// it once more. The wait is bounded and costs nothing on the common path.
+func (s *Server) crypto(rc *reqCtx, op func(string, []keystore.Item) ([]keystore.Result, error), items []keystore.Item) ([]keystore.Result, error) {
+	out, err := op(rc.name, items)
+	if !needsCatchUp(out, err) {
+		return out, err
+	}
+	for _, r := range out {
+		clear(r.Plaintext)
+	}
+	if serr := s.node.Sync(rc.r.Context()); serr != nil {
+		// No leader to catch up with: answer with what this node knows.
+		return op(rc.name, items)
+	}
+	return op(rc.name, items)
+}
+
+func needsCatchUp(out []keystore.Result, err error) bool {
+	if errors.Is(err, keystore.ErrNotFound) {
+		return true
+	}
+	for _, r := range out {
+		if errors.Is(r.Err, keystore.ErrUnknownVersion) {
+			return true
+		}
+	}
+	return false
+}
+
 func checkBatch(n int) error {
 	if n == 0 {
 		return badRequest("batch is empty: send at least one item, or a single item without batch")
@@ -149,7 +187,7 @@ func (s *Server) handleWrap(rc *reqCtx) error {
 		if len(req.Plaintext) > api.MaxPlaintext {
 			return keystore.ErrTooLarge
 		}
-		out, err := s.ks.Wrap(rc.name, []keystore.Item{{Plaintext: req.Plaintext, AAD: req.AAD}})
+		out, err := s.crypto(rc, s.ks.Wrap, []keystore.Item{{Plaintext: req.Plaintext, AAD: req.AAD}})
 		if err != nil {
 			return err
 		}
@@ -172,7 +210,7 @@ func (s *Server) handleWrap(rc *reqCtx) error {
 		}
 		items[i] = keystore.Item{Plaintext: b.Plaintext, AAD: b.AAD}
 	}
-	out, err := s.ks.Wrap(rc.name, items)
+	out, err := s.crypto(rc, s.ks.Wrap, items)
 	if err != nil {
 		return err
 	}
@@ -239,7 +277,7 @@ func (s *Server) handleUnwrap(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	out, err := s.ks.Unwrap(rc.name, items)
+	out, err := s.crypto(rc, s.ks.Unwrap, items)
 	if err != nil {
 		return err
 	}
@@ -301,7 +339,7 @@ func (s *Server) handleRewrap(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	out, err := s.ks.Rewrap(rc.name, items)
+	out, err := s.crypto(rc, s.ks.Rewrap, items)
 	if err != nil {
 		return err
 	}
@@ -327,6 +365,9 @@ func (s *Server) handleDataKey(rc *reqCtx) error {
 	}
 	include := req.IncludePlaintext == nil || *req.IncludePlaintext
 	r, err := s.ks.DataKey(rc.name, n, req.AAD)
+	if errors.Is(err, keystore.ErrNotFound) && s.node.Sync(rc.r.Context()) == nil {
+		r, err = s.ks.DataKey(rc.name, n, req.AAD)
+	}
 	if err != nil {
 		return err
 	}
@@ -351,6 +392,9 @@ func (s *Server) handleDataKey(rc *reqCtx) error {
 // ---- policies ----
 
 func (s *Server) handleListPolicies(rc *reqCtx) error {
+	if err := s.node.Sync(rc.r.Context()); err != nil {
+		return err
+	}
 	names, err := s.ks.ListPolicies()
 	if err != nil {
 		return err
@@ -360,6 +404,9 @@ func (s *Server) handleListPolicies(rc *reqCtx) error {
 }
 
 func (s *Server) handleGetPolicy(rc *reqCtx) error {
+	if err := s.node.Sync(rc.r.Context()); err != nil {
+		return err
+	}
 	p, err := s.ks.GetPolicy(rc.name)
 	if err != nil {
 		return err

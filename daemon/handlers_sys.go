@@ -211,6 +211,7 @@ func (s *Server) addShare(rc *reqCtx, sc *keystore.SealConfig, share []byte) err
 		return err
 	}
 	s.setSealedReason("")
+	s.manualSeal.Store(false)
 	if s.seal != nil {
 		// The node has a device but needed shares: the break-glass path.
 		s.log.Warn("break-glass unseal with Shamir shares on a node with a seal device; run `coffer operator reseal` to enrol the device again", "seal-type", s.seal.kind)
@@ -221,6 +222,7 @@ func (s *Server) addShare(rc *reqCtx, sc *keystore.SealConfig, share []byte) err
 }
 
 func (s *Server) handleSeal(rc *reqCtx) error {
+	s.manualSeal.Store(true)
 	s.ks.Seal()
 	s.resetProgress()
 	s.setSealedReason("sealed by an operator (uid " + fmt.Sprint(rc.caller.UID) + "): unseal with shares (`coffer operator unseal`)")

@@ -108,6 +108,9 @@ func match(path string) (routes map[string]route, name string) {
 	first, rest, _ := strings.Cut(rest, "/")
 	switch first {
 	case "sys":
+		if strings.HasPrefix(rest, "raft/") {
+			return matchRaft(rest)
+		}
 		return sysRoutes[rest], ""
 	case "keys":
 		if rest == "" {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/cluster/tlsutil"
 	"github.com/coffer-kms/coffer/daemon/auth"
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/daemon/platform"
@@ -65,6 +66,12 @@ type Server struct {
 	unsealMu     sync.Mutex
 	shares       [][]byte
 	sealedReason atomic.Pointer[string]
+
+	// manualSeal is set by `coffer operator seal`, so that the auto-unseal
+	// loop leaves the node sealed until shares (or a restart) unseal it.
+	manualSeal atomic.Bool
+	// unsealTried is the keyring version auto-unseal last tried (0: never).
+	unsealTried atomic.Uint64
 
 	reqPrefix string
 	reqSeq    atomic.Uint64
@@ -124,21 +131,36 @@ func New(opts Options) (*Server, error) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
 	})
-	s.node, err = cluster.Open(cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks})
+	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{}}
+	if c := cfg.Cluster; c != nil {
+		srvTLS, err := tlsutil.ServerConfig(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("cluster TLS: %w", err)
+		}
+		cliTLS, err := tlsutil.ClientConfig(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("cluster TLS: %w", err)
+		}
+		ccfg.Net = &cluster.NetConfig{BindAddr: c.Addr, AdvertiseAddr: c.AdvertiseAddr, Bootstrap: c.Bootstrap, ServerTLS: srvTLS, ClientTLS: cliTLS}
+	}
+	s.node, err = cluster.Open(ccfg)
 	if err != nil {
 		return nil, err
 	}
 	prop.node = s.node
 
-	// Raft replays the log on start; wait for it so that status tells the
-	// truth (initialised or not) and auto-unseal can find the keyring.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Raft replays the log on start; wait for it (bounded) so that status
+	// tells the truth (initialised or not) and auto-unseal finds the
+	// keyring. A node that has never joined a cluster has nothing to wait
+	// for; the auto-unseal loop catches up with later arrivals.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if err := s.node.WaitLeader(ctx); err != nil {
-		log.Warn("no raft leader yet; the node serves status and will accept writes once one is elected")
-	}
-	if err := s.waitApplied(ctx); err != nil {
-		log.Warn("raft log not yet applied", "error", err)
+	if s.node.HasState() {
+		if err := s.node.WaitLeader(ctx); err != nil {
+			log.Warn("no raft leader yet; the node serves status and will accept writes once one is elected")
+		} else if err := s.node.CatchUp(ctx); err != nil {
+			log.Warn("raft log not yet applied", "error", err)
+		}
 	}
 	s.seal = newSealDevice(cfg, log)
 	if s.seal != nil {
@@ -157,12 +179,6 @@ type proposer struct{ node *cluster.Node }
 
 func (p *proposer) Propose(ctx context.Context, cmd []byte) (any, error) {
 	return p.node.Propose(ctx, cmd)
-}
-
-// waitApplied waits until the FSM has applied everything in the log, so
-// that a restarted node knows it is initialised before it answers status.
-func (s *Server) waitApplied(ctx context.Context) error {
-	return s.node.Barrier(ctx)
 }
 
 // ---- sealed reason / status ----
@@ -265,12 +281,35 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
+// autoUnsealLoop retries auto-unseal when the replicated state changes: a
+// node that joined, or restarted behind the others, gets the keyring only
+// after it starts.
+func (s *Server) autoUnsealLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		if s.manualSeal.Load() || !s.ks.Initialized() || !s.ks.Sealed() || s.ks.KeyringVersion() == s.unsealTried.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s.autoUnseal(ctx)
+		cancel()
+	}
+}
+
 // autoUnseal unseals the node with its device when it has one and a blob.
 func (s *Server) autoUnseal(ctx context.Context) {
 	sc := s.ks.SealConfig()
 	if sc == nil || !s.ks.Sealed() {
 		return
 	}
+	s.unsealTried.Store(s.ks.KeyringVersion())
 	if s.seal == nil {
 		s.setSealedReason("")
 		return
@@ -343,8 +382,9 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	s.wg.Add(1)
 	go s.scheduler()
 	if s.seal != nil {
-		s.wg.Add(1)
+		s.wg.Add(2)
 		go s.deviceMonitor()
+		go s.autoUnsealLoop()
 	}
 	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
 	errc := make(chan error, 1)

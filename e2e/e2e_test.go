@@ -67,6 +67,8 @@ type daemon struct {
 	// long it took from there to the first status answer.
 	startedAt    time.Time
 	servingAfter time.Duration
+	// nodeID is the config's node_id (default "e2e").
+	nodeID string
 	// pollEvery is how often start polls for the socket (default 20ms);
 	// the timing test makes it finer.
 	pollEvery time.Duration
@@ -158,7 +160,11 @@ func (d *daemon) kill() {
 // extraHCL (e.g. to change its seal block between runs).
 func (d *daemon) writeConfig(extraHCL string) {
 	d.t.Helper()
-	cfg := fmt.Sprintf(`node_id   = "e2e"
+	id := d.nodeID
+	if id == "" {
+		id = "e2e"
+	}
+	cfg := fmt.Sprintf(`node_id   = "`+id+`"
 data_dir  = "data"
 log_level = "trace"
 

@@ -162,7 +162,7 @@ func (ks *Keystore) openData(c *aeadCache, name, ct string, aad []byte) ([]byte,
 	}
 	k := c.k
 	if v > k.latest() {
-		return nil, v, wrapf(ErrDecrypt, "ciphertext names version %d but key %q has versions 1 to %d: it was produced by another key", v, name, k.latest())
+		return nil, v, &wrapped{msg: fmt.Sprintf("ciphertext names version %d but key %q has versions 1 to %d: it was produced by another key", v, name, k.latest()), err: unknownVersion{}}
 	}
 	if v < k.meta.MinDecryptionVersion {
 		return nil, v, wrapf(ErrVersionDisabled, "ciphertext version %d is below key %q's min_decryption_version %d: lower it with `coffer key update %s --min-decryption-version %d` if this is intended", v, name, k.meta.MinDecryptionVersion, name, v)
@@ -274,4 +274,13 @@ func (ks *Keystore) DataKey(name string, n int, aad []byte) (Result, error) {
 		return Result{}, err
 	}
 	return Result{Plaintext: pt, Ciphertext: ct, Version: k.latest()}, nil
+}
+
+// unknownVersion is both ErrDecrypt (what the caller is told) and
+// ErrUnknownVersion (what the daemon waits on before telling it).
+type unknownVersion struct{}
+
+func (unknownVersion) Error() string { return ErrUnknownVersion.Error() }
+func (unknownVersion) Is(target error) bool {
+	return target == ErrDecrypt || target == ErrUnknownVersion
 }

@@ -3,6 +3,7 @@ package keystore
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors. The daemon maps them to API error codes with errors.Is;
@@ -28,6 +29,10 @@ var (
 	ErrVersionDisabled = errors.New("key version is below the key's min_decryption_version")
 	// ErrDecrypt: a ciphertext that cannot be opened, for whatever reason.
 	ErrDecrypt = errors.New("ciphertext cannot be decrypted")
+	// ErrUnknownVersion: a ciphertext names a version newer than this node
+	// knows (another node may have rotated the key); it is a decrypt_failed
+	// unless waiting for replication brings the version.
+	ErrUnknownVersion = errors.New("ciphertext names an unknown key version")
 	// ErrInvalid: a bad argument (name, type, duration, range).
 	ErrInvalid = errors.New("invalid argument")
 	// ErrTooLarge: a plaintext over api.MaxPlaintext.
@@ -56,3 +61,39 @@ type wrapped struct {
 
 func (w *wrapped) Error() string { return w.msg }
 func (w *wrapped) Unwrap() error { return w.err }
+
+// ResponseCodec encodes Apply's answers for forwarding between nodes
+// (cluster.Codec): a follower must get the same sentinel error as the
+// leader's FSM returned.
+type ResponseCodec struct{}
+
+var codecErrors = map[string]error{
+	"conflict":            ErrConflict,
+	"already_initialized": ErrAlreadyInitialized,
+	"not_initialized":     ErrNotInitialized,
+}
+
+// EncodeResponse turns nil or an Apply error into a string.
+func (ResponseCodec) EncodeResponse(v any) string {
+	err, _ := v.(error)
+	if err == nil {
+		return ""
+	}
+	for code, e := range codecErrors {
+		if errors.Is(err, e) {
+			return code
+		}
+	}
+	return "corrupt:" + err.Error()
+}
+
+// DecodeResponse is the inverse of EncodeResponse.
+func (ResponseCodec) DecodeResponse(s string) any {
+	if s == "" {
+		return nil
+	}
+	if e, ok := codecErrors[s]; ok {
+		return e
+	}
+	return fmt.Errorf("%w: %s", ErrCorrupt, strings.TrimPrefix(s, "corrupt:"))
+}

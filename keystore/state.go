@@ -627,3 +627,27 @@ func (ks *Keystore) SnapshotTo() func(io.Writer) error {
 		return err
 	}
 }
+
+// ValidateSnapshot checks that data is a snapshot this version can restore,
+// without touching any state.
+func ValidateSnapshot(data []byte) error {
+	var s Snapshot
+	if err := json.Unmarshal(data, &s); err != nil {
+		return fmt.Errorf("not a Coffer snapshot: %v", err)
+	}
+	if s.Format != 1 {
+		return fmt.Errorf("snapshot format %d is not supported by this version of cofferd", s.Format)
+	}
+	if s.Seal == nil || len(s.Keyring) == 0 {
+		return errors.New("the snapshot holds no initialised cluster")
+	}
+	return nil
+}
+
+// KeyringVersion is the version of the replicated keyring (0 before init);
+// it changes on init, keyring rotation and restore.
+func (ks *Keystore) KeyringVersion() uint64 {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	return ks.keyringVersion
+}

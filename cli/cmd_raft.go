@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	ucli "github.com/urfave/cli/v2"
+)
+
+// raftPeer is one entry of GET /v1/sys/raft/peers.
+type raftPeer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+	Leader  bool   `json:"leader"`
+}
+
+func (e *env) raftCommand() *ucli.Command {
+	return group(&ucli.Command{
+		Name:      "raft",
+		Usage:     "cluster membership and snapshots",
+		UsageText: "coffer operator raft command [command options] [arguments...]",
+		Description: "Raft commands manage the cluster this node belongs to: join it to a cluster,\n" +
+			"list and remove peers, save and restore encrypted snapshots.",
+		Subcommands: []*ucli.Command{
+			e.raftJoinCommand(),
+			e.raftListPeersCommand(),
+			e.raftRemovePeerCommand(),
+			group(&ucli.Command{
+				Name:      "snapshot",
+				Usage:     "save or restore an encrypted snapshot of the cluster state",
+				UsageText: "coffer operator raft snapshot save|restore FILE",
+				Description: "A snapshot holds the cluster's replicated state with its key material still\n" +
+					"encrypted: a backup that is useless without the cluster's shares.",
+				Subcommands: []*ucli.Command{e.snapshotSaveCommand(), e.snapshotRestoreCommand()},
+			}, "coffer operator raft snapshot save /backup/coffer-$(date +%F).snap"),
+		},
+	}, `coffer operator raft join 10.0.0.1:8201
+coffer operator raft list-peers`)
+}
+
+func (e *env) raftJoinCommand() *ucli.Command {
+	return e.newCmd(&ucli.Command{
+		Name:      "join",
+		Usage:     "join this node to a cluster",
+		UsageText: "coffer operator raft join LEADER_ADDR",
+		Description: "Asks the cluster member at LEADER_ADDR (its cluster address, host:port; any\n" +
+			"member works, a follower passes the request to the leader) to add this node\n" +
+			"as a voter. The node then receives the cluster's encrypted state and is\n" +
+			"unsealed by its device or by shares. Both nodes need certificates from the\n" +
+			"same cluster CA (coffer tls cert create).",
+	}, "coffer operator raft join 10.0.0.1:8201", 1, 1, func(x *cmd) error {
+		addr := x.c.Args().First()
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return usagef("LEADER_ADDR %q is not host:port (e.g. 10.0.0.1:8201)", addr)
+		}
+		return x.request(http.MethodPost, "/v1/sys/raft/join", map[string]string{"leader_address": addr}, nil, func() error {
+			_, err := fmt.Fprintf(x.stdout, "Joined the cluster via %s. Unseal this node (coffer operator unseal) unless its device does it.\n", addr)
+			return err
+		})
+	})
+}
+
+func (e *env) raftListPeersCommand() *ucli.Command {
+	return e.newCmd(&ucli.Command{
+		Name:        "list-peers",
+		Usage:       "list the cluster's members",
+		UsageText:   "coffer operator raft list-peers",
+		Description: "Prints each member's node id, cluster address, whether it votes and which one leads.",
+	}, "coffer operator raft list-peers", 0, 0, func(x *cmd) error {
+		var out struct {
+			Peers []raftPeer `json:"peers"`
+		}
+		return x.request(http.MethodGet, "/v1/sys/raft/peers", nil, &out, func() error {
+			t := newTable(x.stdout)
+			t.row("NODE", "ADDRESS", "VOTER", "STATE")
+			for _, p := range out.Peers {
+				state := "follower"
+				if p.Leader {
+					state = "leader"
+				}
+				t.row(p.ID, p.Address, yesNo(p.Voter), state)
+			}
+			return t.flush()
+		})
+	})
+}
+
+func (e *env) raftRemovePeerCommand() *ucli.Command {
+	return e.newCmd(&ucli.Command{
+		Name:      "remove-peer",
+		Usage:     "remove a member from the cluster",
+		UsageText: "coffer operator raft remove-peer ID",
+		Description: "Removes the node with id ID from the raft configuration (for a node that is\n" +
+			"gone for good). The cluster keeps a quorum of the remaining voters.",
+	}, "coffer operator raft remove-peer node3", 1, 1, func(x *cmd) error {
+		id := x.c.Args().First()
+		return x.request(http.MethodDelete, "/v1/sys/raft/peers/"+url.PathEscape(id), nil, nil, func() error {
+			_, err := fmt.Fprintf(x.stdout, "Removed %s from the cluster.\n", id)
+			return err
+		})
+	})
+}
+
+func (e *env) snapshotSaveCommand() *ucli.Command {
+	return e.newCmd(&ucli.Command{
+		Name:      "save",
+		Usage:     "save an encrypted snapshot of the cluster state to FILE",
+		UsageText: "coffer operator raft snapshot save FILE",
+		Description: "Writes the replicated state (keys, policies, keyring) to FILE. Key material\n" +
+			"in it stays encrypted under the keyring and the keyring under the root key:\n" +
+			"restoring it needs the cluster's shares. FILE is created 0600 and not overwritten.",
+	}, "coffer operator raft snapshot save /backup/coffer.snap", 1, 1, func(x *cmd) error {
+		path := x.c.Args().First()
+		var raw []byte
+		if _, err := x.client.Do(x.ctx, http.MethodGet, "/v1/sys/raft/snapshot", nil, &raw); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("cannot create %s: %w (choose a new file name)", path, err)
+		}
+		if _, err := f.Write(raw); err != nil {
+			f.Close()
+			os.Remove(path)
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		if x.json {
+			return x.printValue(map[string]any{"file": path, "bytes": len(raw)})
+		}
+		abs, _ := filepath.Abs(path)
+		_, err = fmt.Fprintf(x.stdout, "Saved a snapshot of %d bytes to %s.\n", len(raw), abs)
+		return err
+	})
+}
+
+func (e *env) snapshotRestoreCommand() *ucli.Command {
+	return e.newCmd(&ucli.Command{
+		Name:      "restore",
+		Usage:     "replace the cluster state with a snapshot",
+		UsageText: "coffer operator raft snapshot restore FILE",
+		Description: "Installs the snapshot in FILE as the state of the whole cluster (run it on the\n" +
+			"leader). Every node then holds the snapshot's keys; nodes seal if the\n" +
+			"snapshot's root key differs from theirs, and unseal with the snapshot's shares.",
+	}, "coffer operator raft snapshot restore /backup/coffer.snap", 1, 1, func(x *cmd) error {
+		data, err := os.ReadFile(x.c.Args().First())
+		if err != nil {
+			return err
+		}
+		return x.request(http.MethodPost, "/v1/sys/raft/snapshot", data, nil, func() error {
+			_, err := fmt.Fprintln(x.stdout, "Restored. Check `coffer status` on each node; unseal sealed nodes with the snapshot's shares.")
+			return err
+		})
+	})
+}

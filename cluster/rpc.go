@@ -1,0 +1,306 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Node-to-node RPC: HTTP/1.1 over the mutual-TLS connections that the mux
+// hands over for the coffer-rpc ALPN protocol. Every peer holds a
+// certificate from the cluster CA; that is the authorisation.
+
+const maxRPCBody = 64 << 20 // a keyring or key record; snapshots are not forwarded
+
+type applyResponse struct {
+	Response string `json:"response"`        // Codec.EncodeResponse of the FSM's answer
+	Index    uint64 `json:"index"`           // the log index it was applied at
+	Leader   string `json:"leader"`          // set with errNotLeader: who to ask instead
+	Error    string `json:"error,omitempty"` // "not_leader", or a failure to commit
+}
+
+type joinRequest struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+}
+
+const errNotLeader = "not_leader"
+
+func (n *Node) newRPCServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /rpc/apply", n.rpcApply)
+	mux.HandleFunc("POST /rpc/join", n.rpcJoin)
+	mux.HandleFunc("POST /rpc/remove", n.rpcRemove)
+	mux.HandleFunc("POST /rpc/read-index", n.rpcReadIndex)
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil)}
+}
+
+// rpcReadIndex answers the leader's commit index after confirming it still
+// leads (a heartbeat round), so a follower that waits for it reads
+// linearizably.
+func (n *Node) rpcReadIndex(w http.ResponseWriter, r *http.Request) {
+	if n.raft.State() != raft.Leader || n.raft.VerifyLeader().Error() != nil {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	writeRPC(w, http.StatusOK, applyResponse{Index: n.raft.CommitIndex()})
+}
+
+// Sync waits until this node has applied every write committed before the
+// call, so that a read after it sees them (a linearizable read point). On a
+// single node it returns at once: its writes are applied before they are
+// acknowledged.
+func (n *Node) Sync(ctx context.Context) error {
+	if n.cfg.Net == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+	defer cancel()
+	for {
+		if n.raft.State() == raft.Leader {
+			if err := n.raft.VerifyLeader().Error(); err != nil {
+				return ErrNoLeader
+			}
+			return n.waitApplied(ctx, n.raft.CommitIndex())
+		}
+		addr, _ := n.raft.LeaderWithID()
+		if addr != "" {
+			out, status, err := n.call(ctx, string(addr), "/rpc/read-index", nil)
+			if err == nil && status == http.StatusOK {
+				return n.waitApplied(ctx, out.Index)
+			}
+		}
+		if !sleepCtx(ctx, 50*time.Millisecond) {
+			return ErrNoLeader
+		}
+	}
+}
+
+func writeRPC(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
+	cmd, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRPCBody))
+	if err != nil {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: err.Error()})
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			addr, _ := n.raft.LeaderWithID()
+			writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+			return
+		}
+		writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
+		return
+	}
+	writeRPC(w, http.StatusOK, applyResponse{Response: n.cfg.Codec.EncodeResponse(f.Response()), Index: f.Index()})
+}
+
+func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
+	var req joinRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.ID == "" || req.Address == "" {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "join needs the node id and its cluster address"})
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	if err := n.addVoter(req.ID, req.Address); err != nil {
+		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
+		return
+	}
+	n.log.Info("node joined the cluster", "node-id", req.ID, "address", req.Address)
+	writeRPC(w, http.StatusOK, applyResponse{Index: n.raft.LastIndex()})
+}
+
+func (n *Node) rpcRemove(w http.ResponseWriter, r *http.Request) {
+	id, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 256))
+	if err != nil || len(id) == 0 {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "remove needs a node id"})
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
+		return
+	}
+	n.log.Info("node removed from the cluster", "node-id", string(id))
+	writeRPC(w, http.StatusOK, applyResponse{})
+}
+
+// addVoter adds (or re-adds at a new address) a voter. The leader only.
+func (n *Node) addVoter(id, addr string) error {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if s.ID == raft.ServerID(id) && s.Address == raft.ServerAddress(addr) {
+			return nil // already a member: joining twice is harmless
+		}
+		if s.ID == raft.ServerID(id) || s.Address == raft.ServerAddress(addr) {
+			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
+				return fmt.Errorf("replacing member %s: %w", s.ID, err)
+			}
+		}
+	}
+	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error()
+}
+
+// rpcClient calls peers over mutual TLS.
+func (n *Node) rpcClient() *http.Client {
+	n.rpcOnce.Do(func() {
+		client := n.cfg.Net.ClientTLS
+		// The URL says http: the dialer makes the mutual-TLS connection
+		// itself and hands net/http a plain stream (see plainConn).
+		n.rpcHTTP = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				timeout := 5 * time.Second
+				if dl, ok := ctx.Deadline(); ok {
+					timeout = time.Until(dl)
+				}
+				c, err := dialTLS(addr, alpnRPC, client, timeout)
+				if err != nil {
+					return nil, err
+				}
+				return plainConn{c}, nil
+			},
+			MaxIdleConnsPerHost: 8,
+			IdleConnTimeout:     time.Minute,
+		}}
+	})
+	return n.rpcHTTP
+}
+
+func (n *Node) call(ctx context.Context, addr, path string, body []byte) (*applyResponse, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := n.rpcClient().Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	var out applyResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil {
+		return nil, resp.StatusCode, fmt.Errorf("bad answer from %s: %w", addr, err)
+	}
+	return &out, resp.StatusCode, nil
+}
+
+// forward sends a command to the leader and waits until this node has
+// applied it too, so that a client reads its own write from any node.
+func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
+	for {
+		addr, _ := n.raft.LeaderWithID()
+		if addr == "" {
+			if err := n.WaitLeader(ctx); err != nil {
+				return nil, ErrNoLeader
+			}
+			continue
+		}
+		if n.raft.State() == raft.Leader {
+			return n.applyLocal(ctx, cmd)
+		}
+		out, status, err := n.call(ctx, string(addr), "/rpc/apply", cmd)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ErrNoLeader
+			}
+			n.log.Debug("forwarding to the leader failed; retrying", "leader", addr, "error", err)
+			if !sleepCtx(ctx, 100*time.Millisecond) {
+				return nil, ErrNoLeader
+			}
+			continue
+		}
+		switch {
+		case status == http.StatusMisdirectedRequest && out.Error == errNotLeader:
+			if !sleepCtx(ctx, 50*time.Millisecond) {
+				return nil, ErrNoLeader
+			}
+			continue
+		case out.Error != "":
+			return nil, fmt.Errorf("%w: %s", ErrNoLeader, out.Error)
+		}
+		if err := n.waitApplied(ctx, out.Index); err != nil {
+			return nil, err
+		}
+		return n.cfg.Codec.DecodeResponse(out.Response), nil
+	}
+}
+
+// waitApplied waits until this node has applied index.
+func (n *Node) waitApplied(ctx context.Context, index uint64) error {
+	for n.raft.AppliedIndex() < index {
+		if !sleepCtx(ctx, 5*time.Millisecond) {
+			return fmt.Errorf("%w: this node did not catch up with the leader in time", ErrNoLeader)
+		}
+	}
+	return nil
+}
+
+// Join asks the cluster member at addr (any member: a follower passes the
+// request on) to add this node as a voter.
+func (n *Node) Join(ctx context.Context, addr string) error {
+	if n.cfg.Net == nil {
+		return errors.New("this node has no cluster block in its config: add one (addr, TLS files) and restart it before joining")
+	}
+	body, _ := json.Marshal(joinRequest{ID: n.cfg.NodeID, Address: n.cfg.Net.AdvertiseAddr})
+	for attempt := 0; attempt < 10; attempt++ {
+		out, status, err := n.call(ctx, addr, "/rpc/join", body)
+		if err != nil {
+			return fmt.Errorf("cannot reach %s over mutual TLS: %w (check the address, that both nodes' certificates come from the same CA, and the firewall)", addr, err)
+		}
+		switch {
+		case status == http.StatusOK:
+			return nil
+		case out.Error == errNotLeader && out.Leader != "":
+			addr = out.Leader
+			continue
+		case out.Error == errNotLeader:
+			if !sleepCtx(ctx, 200*time.Millisecond) {
+				return ErrNoLeader
+			}
+			continue
+		}
+		return fmt.Errorf("the leader refused the join: %s", out.Error)
+	}
+	return ErrNoLeader
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

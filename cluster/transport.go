@@ -1,0 +1,170 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// ALPN protocols multiplexed on the cluster port: raft's own RPCs, and
+// Coffer's node-to-node calls (write forwarding, join).
+const (
+	alpnRaft = "coffer-raft/1"
+	alpnRPC  = "coffer-rpc/1"
+)
+
+// mux accepts mutual-TLS connections on the cluster address and hands each
+// to raft or to the RPC server by the ALPN protocol the peer asked for. A
+// peer without a certificate signed by the cluster CA never gets past the
+// handshake.
+type mux struct {
+	ln     net.Listener
+	srvTLS *tls.Config
+	log    hclog.Logger
+
+	raft *chanListener
+	rpc  *chanListener
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+func newMux(bind string, srvTLS *tls.Config, log hclog.Logger) (*mux, error) {
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return nil, err
+	}
+	cfg := srvTLS.Clone()
+	cfg.NextProtos = []string{alpnRaft, alpnRPC}
+	m := &mux{ln: ln, srvTLS: cfg, log: log, done: make(chan struct{})}
+	m.raft = newChanListener(ln.Addr(), m.done)
+	m.rpc = newChanListener(ln.Addr(), m.done)
+	go m.serve()
+	return m, nil
+}
+
+func (m *mux) serve() {
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.done:
+				return
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			m.log.Error("cluster listener failed", "error", err)
+			return
+		}
+		go m.handshake(c)
+	}
+}
+
+func (m *mux) handshake(c net.Conn) {
+	tc := tls.Server(c, m.srvTLS)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		m.log.Warn("cluster handshake refused", "remote", c.RemoteAddr().String(), "error", err)
+		c.Close()
+		return
+	}
+	var dst *chanListener
+	var conn net.Conn = tc
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case alpnRaft:
+		dst = m.raft
+	case alpnRPC:
+		// net/http would see the *tls.Conn, find no handler for our ALPN
+		// protocol and hang up: hand it plain HTTP/1.1 over the
+		// authenticated stream instead.
+		dst, conn = m.rpc, plainConn{tc}
+	default:
+		m.log.Warn("cluster connection without a known protocol", "remote", c.RemoteAddr().String())
+		tc.Close()
+		return
+	}
+	select {
+	case dst.ch <- conn:
+	case <-m.done:
+		tc.Close()
+	}
+}
+
+// plainConn hides a *tls.Conn's type from net/http (see handshake).
+type plainConn struct{ net.Conn }
+
+func (m *mux) Close() error {
+	m.closeOnce.Do(func() { close(m.done) })
+	return m.ln.Close()
+}
+
+// chanListener is a net.Listener fed by the mux.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+}
+
+func newChanListener(addr net.Addr, done chan struct{}) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn, 16), done: done}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error   { return nil } // the mux owns the socket
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// streamLayer is raft's view of the mux: accepted raft connections, and
+// dialing peers with the raft ALPN protocol over mutual TLS.
+type streamLayer struct {
+	*chanListener
+	advertise net.Addr
+	client    *tls.Config
+}
+
+var _ raft.StreamLayer = (*streamLayer)(nil)
+
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return dialTLS(string(address), alpnRaft, s.client, timeout)
+}
+
+func dialTLS(addr, proto string, client *tls.Config, timeout time.Duration) (net.Conn, error) {
+	cfg := client.Clone()
+	cfg.NextProtos = []string{proto}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: cfg}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if c.(*tls.Conn).ConnectionState().NegotiatedProtocol != proto {
+		c.Close()
+		return nil, errors.New("peer does not speak " + proto)
+	}
+	return c, nil
+}
+
+// tcpAddr is a net.Addr for an advertised host:port.
+type tcpAddr string
+
+func (a tcpAddr) Network() string { return "tcp" }
+func (a tcpAddr) String() string  { return string(a) }

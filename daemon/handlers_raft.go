@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/keystore"
+)
+
+// raftRoutes are the /v1/sys/raft/* endpoints. Join and peer listing work
+// on a sealed or uninitialised node: a node joins a cluster before it has
+// any state to unseal (spec/API.md's "everything else answers 503 sealed"
+// cannot hold for them; the issue notes say so).
+var raftRoutes = map[string]map[string]route{
+	"peers":    {"GET": {accessAdminSealed, "", (*Server).handleListPeers}},
+	"join":     {"POST": {accessAdminSealed, "", (*Server).handleJoin}},
+	"snapshot": {"GET": {accessAdmin, "", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", (*Server).handleSnapshotRestore}},
+}
+
+var raftPeerRoutes = map[string]route{
+	"DELETE": {accessAdminSealed, "", (*Server).handleRemovePeer},
+}
+
+// matchRaft routes "raft/…" below /v1/sys/.
+func matchRaft(rest string) (map[string]route, string) {
+	rest = strings.TrimPrefix(rest, "raft/")
+	if id, ok := strings.CutPrefix(rest, "peers/"); ok && id != "" && !strings.Contains(id, "/") {
+		return raftPeerRoutes, id
+	}
+	return raftRoutes[rest], ""
+}
+
+func (s *Server) handleListPeers(rc *reqCtx) error {
+	peers, err := s.node.Peers()
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Peers []cluster.Peer `json:"peers"`
+	}{Peers: peers}
+	if out.Peers == nil {
+		out.Peers = []cluster.Peer{}
+	}
+	writeJSON(rc.w, http.StatusOK, out)
+	return nil
+}
+
+type joinRequest struct {
+	LeaderAddress string `json:"leader_address"`
+}
+
+func (s *Server) handleJoin(rc *reqCtx) error {
+	var req joinRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	if req.LeaderAddress == "" {
+		return badRequest(`leader_address is required: the cluster address (host:port) of any member`)
+	}
+	if err := s.node.Join(rc.r.Context(), req.LeaderAddress); err != nil {
+		if errors.Is(err, cluster.ErrNoLeader) {
+			return err
+		}
+		return &httpError{http.StatusBadGateway, api.CodeInternal, err.Error()}
+	}
+	s.log.Info("joined the cluster", "via", req.LeaderAddress)
+	writeJSON(rc.w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) handleRemovePeer(rc *reqCtx) error {
+	if err := s.node.RemovePeer(rc.r.Context(), rc.name); err != nil {
+		if errors.Is(err, cluster.ErrNoSuchPeer) {
+			return &httpError{http.StatusNotFound, api.CodeNotFound, err.Error()}
+		}
+		return err
+	}
+	s.log.Warn("peer removed", "node-id", rc.name, "uid", rc.caller.UID)
+	rc.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// handleSnapshotSave streams the replicated state. Key material in it stays
+// encrypted under the keyring, and the keyring under the root key.
+func (s *Server) handleSnapshotSave(rc *reqCtx) error {
+	write := s.ks.SnapshotTo()
+	rc.w.Header().Set("Content-Type", "application/octet-stream")
+	rc.w.Header().Set("Content-Disposition", `attachment; filename="coffer.snap"`)
+	rc.w.WriteHeader(http.StatusOK)
+	if err := write(rc.w); err != nil {
+		s.log.Error("writing a snapshot failed", "request-id", rc.id, "error", err)
+	}
+	return nil
+}
+
+// maxSnapshot bounds a restore upload (100,000 keys are about 60 MB).
+const maxSnapshot = 1 << 30
+
+func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
+	body := http.MaxBytesReader(rc.w, rc.r.Body, maxSnapshot)
+	// Check the snapshot decodes before raft installs it everywhere.
+	data, err := io.ReadAll(body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &httpError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, "snapshot over 1 GiB"}
+		}
+		return badRequest("reading the snapshot: %v", err)
+	}
+	if err := keystore.ValidateSnapshot(data); err != nil {
+		return badRequest("%v", err)
+	}
+	if err := s.node.Restore(strings.NewReader(string(data))); err != nil {
+		if errors.Is(err, cluster.ErrNotLeaderForRestore) {
+			return &httpError{http.StatusServiceUnavailable, api.CodeNoLeader, err.Error()}
+		}
+		return err
+	}
+	s.resetProgress()
+	s.log.Warn("cluster state restored from a snapshot", "bytes", len(data), "uid", rc.caller.UID)
+	rc.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
