@@ -55,6 +55,7 @@ func (e *env) operatorCommand() *ucli.Command {
 			e.sealCommand(),
 			e.resealCommand(),
 			e.rotateCommand(),
+			e.rekeyCommand(),
 			e.raftCommand(),
 		},
 	}, `coffer operator init --shares 5 --threshold 3

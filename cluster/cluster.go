@@ -373,12 +373,12 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 // Restore installs a snapshot (as written by the state machine's
 // SnapshotTo) as the whole cluster's state. Only the leader can; a follower
 // answers ErrNotLeaderForRestore.
-func (n *Node) Restore(r io.Reader) error {
+func (n *Node) Restore(r io.Reader, size int64) error {
 	if n.raft.State() != raft.Leader {
 		addr, _ := n.raft.LeaderWithID()
 		return fmt.Errorf("%w: send the snapshot to the leader (%s)", ErrNotLeaderForRestore, addr)
 	}
-	return n.raft.Restore(&raft.SnapshotMeta{Version: raft.SnapshotVersionMax}, r, 5*time.Minute)
+	return n.raft.Restore(&raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}, r, 5*time.Minute)
 }
 
 // ErrNotLeaderForRestore: a restore sent to a follower.
@@ -407,4 +407,48 @@ func (n *Node) CatchUp(ctx context.Context) error {
 			return ErrNoLeader
 		}
 	}
+}
+
+// Recover rewrites this node's raft configuration to exactly peers, offline
+// (the node must not be running), as hashicorp/raft's documentation
+// describes for a cluster that lost its quorum: run it with the same peers
+// file on every surviving node, then start them. The state machine is used
+// only to replay and snapshot the log.
+func Recover(cfg Config, peers []Peer) error {
+	if len(peers) == 0 {
+		return errors.New("the peers file lists no servers")
+	}
+	var conf raft.Configuration
+	self := false
+	for _, p := range peers {
+		if p.ID == "" || p.Address == "" {
+			return fmt.Errorf("every peer needs an id and an address, got %+v", p)
+		}
+		self = self || p.ID == cfg.NodeID
+		conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address), Suffrage: raft.Voter})
+	}
+	if !self {
+		return fmt.Errorf("the peers file does not list this node (%s): add it, or run recover only on the nodes it lists", cfg.NodeID)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	dir := filepath.Join(cfg.DataDir, "raft")
+	if _, err := os.Stat(filepath.Join(dir, "raft.db")); err != nil {
+		return fmt.Errorf("no raft state in %s: nothing to recover", dir)
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("opening raft log (is cofferd still running?): %w", err)
+	}
+	defer store.Close()
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, cfg.Logger.Named("snapshots"))
+	if err != nil {
+		return err
+	}
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = cfg.Logger.Named("raft")
+	return raft.RecoverCluster(rc, &fsm{sm: cfg.FSM}, store, store, snaps, trans, conf)
 }

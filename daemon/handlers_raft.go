@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -114,7 +115,7 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 	if err := keystore.ValidateSnapshot(data); err != nil {
 		return badRequest("%v", err)
 	}
-	if err := s.node.Restore(strings.NewReader(string(data))); err != nil {
+	if err := s.node.Restore(bytes.NewReader(data), int64(len(data))); err != nil {
 		if errors.Is(err, cluster.ErrNotLeaderForRestore) {
 			return &httpError{http.StatusServiceUnavailable, api.CodeNoLeader, err.Error()}
 		}

@@ -45,23 +45,9 @@ func (s *Server) handleInit(rc *reqCtx) error {
 	if req.Shares == 0 && req.Threshold == 0 {
 		req.Shares, req.Threshold = 5, 3
 	}
-	switch {
-	case req.Shares < 1 || req.Shares > maxShares:
-		return badRequest("shares must be between 1 and %d, got %d", maxShares, req.Shares)
-	case req.Threshold < 1 || req.Threshold > req.Shares:
-		return badRequest("threshold must be between 1 and shares (%d), got %d", req.Shares, req.Threshold)
-	case req.Threshold == 1 && req.Shares > 1:
-		return badRequest("threshold 1 with %d shares would make every share the whole root key: use a threshold of at least 2, or 1 share", req.Shares)
-	case len(req.Recipients) != 0 && len(req.Recipients) != req.Shares:
-		return badRequest("%d recipients for %d shares: give exactly one age recipient per share, or none", len(req.Recipients), req.Shares)
-	}
-	recipients := make([]age.Recipient, len(req.Recipients))
-	for i, r := range req.Recipients {
-		rcp, err := shamir.ParseRecipient(r)
-		if err != nil {
-			return badRequest("recipient %d: %v", i+1, err)
-		}
-		recipients[i] = rcp
+	recipients, err := shareParams(req.Shares, req.Threshold, req.Recipients)
+	if err != nil {
+		return err
 	}
 	resp, err := s.Initialize(rc.r.Context(), req.Shares, req.Threshold, recipients)
 	if err != nil {
@@ -69,6 +55,52 @@ func (s *Server) handleInit(rc *reqCtx) error {
 	}
 	writeJSON(rc.w, http.StatusOK, resp)
 	return nil
+}
+
+// shareParams validates a share count, threshold and age recipients (for
+// init and rekey) and parses the recipients.
+func shareParams(shares, threshold int, recipients []string) ([]age.Recipient, error) {
+	switch {
+	case shares < 1 || shares > maxShares:
+		return nil, badRequest("shares must be between 1 and %d, got %d", maxShares, shares)
+	case threshold < 1 || threshold > shares:
+		return nil, badRequest("threshold must be between 1 and shares (%d), got %d", shares, threshold)
+	case threshold == 1 && shares > 1:
+		return nil, badRequest("threshold 1 with %d shares would make every share the whole root key: use a threshold of at least 2, or 1 share", shares)
+	case len(recipients) != 0 && len(recipients) != shares:
+		return nil, badRequest("%d recipients for %d shares: give exactly one age recipient per share, or none", len(recipients), shares)
+	}
+	out := make([]age.Recipient, len(recipients))
+	for i, r := range recipients {
+		rcp, err := shamir.ParseRecipient(r)
+		if err != nil {
+			return nil, badRequest("recipient %d: %v", i+1, err)
+		}
+		out[i] = rcp
+	}
+	return out, nil
+}
+
+// splitRoot splits root into encoded shares, age-encrypted to recipients
+// when given.
+func splitRoot(root []byte, shares, threshold int, recipients []age.Recipient) ([]string, error) {
+	raw, err := shamir.Split(root, shares, threshold, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(raw))
+	for i, sh := range raw {
+		out[i] = shamir.Encode(sh)
+		clear(sh)
+	}
+	for i := range recipients {
+		armored, err := shamir.EncryptShare(out[i], recipients[i])
+		if err != nil {
+			return nil, badRequest("encrypting share %d to its recipient: %v", i+1, err)
+		}
+		out[i] = armored
+	}
+	return out, nil
 }
 
 // Initialize creates the cluster's root key, splits it into shares
@@ -89,22 +121,11 @@ func (s *Server) Initialize(ctx context.Context, shares, threshold int, recipien
 	if err != nil {
 		return api.InitResponse{}, err
 	}
-	raw, err := shamir.Split(root, shares, threshold, rand.Reader)
+	encoded, err := splitRoot(root, shares, threshold, recipients)
 	if err != nil {
 		return api.InitResponse{}, err
 	}
-	resp := api.InitResponse{Shares: make([]string, len(raw)), Encrypted: len(recipients) > 0}
-	for i, sh := range raw {
-		resp.Shares[i] = shamir.Encode(sh)
-		clear(sh)
-	}
-	for i := range recipients {
-		armored, err := shamir.EncryptShare(resp.Shares[i], recipients[i])
-		if err != nil {
-			return api.InitResponse{}, badRequest("encrypting share %d to its recipient: %v", i+1, err)
-		}
-		resp.Shares[i] = armored
-	}
+	resp := api.InitResponse{Shares: encoded, Encrypted: len(recipients) > 0}
 	if s.seal != nil {
 		if err := s.sealWithDevice(ctx, clusterID, root); err != nil {
 			return api.InitResponse{}, err

@@ -71,6 +71,7 @@ var (
 		"seal":   {"POST": {accessAdmin, "", (*Server).handleSeal}},
 		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
 		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
+		"rekey":  {"POST": {accessAdmin, "", (*Server).handleRekey}},
 	}
 	keysRoutes = map[string]route{
 		"GET":  {accessAuthed, "", (*Server).handleListKeys},

@@ -130,6 +130,7 @@ func New(opts Options) (*Server, error) {
 		OnPolicies: func(m map[string]api.Policy) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
+		OnRootChange: s.resealAfterRekey,
 	})
 	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{}}
 	if c := cfg.Cluster; c != nil {

@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -43,6 +44,10 @@ type Config struct {
 	// changes while unsealed, and with nil on seal. It runs under the
 	// keystore's lock: it must not call back into the Keystore.
 	OnPolicies func(map[string]api.Policy)
+	// OnRootChange, if set, is called (in its own goroutine) after a rekey
+	// replaced the root key of this unsealed node, so that the node can seal
+	// the new root key with its device.
+	OnRootChange func()
 }
 
 // SealConfig is the replicated, non-secret description of the cluster's
@@ -114,6 +119,7 @@ const cmdFormat = 1
 const (
 	opInit    = "init"
 	opKeyring = "keyring"
+	opRekey   = "rekey"
 	opPut     = "put"
 	opDelete  = "delete"
 )
@@ -128,6 +134,10 @@ type command struct {
 	Entry   *Entry      `json:"entry,omitempty"`
 	Seal    *SealConfig `json:"seal,omitempty"`
 	Keyring []byte      `json:"keyring,omitempty"`
+	// RootWrap carries a rekey's new root key encrypted under the active
+	// keyring term, so that every unsealed node switches to it at once.
+	RootWrap []byte `json:"root_wrap,omitempty"`
+	Term     uint32 `json:"term,omitempty"`
 }
 
 // DecodeCommand parses an encoded command. It is exported for fuzzing and
@@ -153,6 +163,10 @@ func DecodeCommand(b []byte) (*command, error) {
 	case opKeyring:
 		if len(c.Keyring) == 0 {
 			return nil, fmt.Errorf("%w: keyring command without keyring", ErrCorrupt)
+		}
+	case opRekey:
+		if len(c.Keyring) == 0 || c.Seal == nil || len(c.RootWrap) == 0 {
+			return nil, fmt.Errorf("%w: malformed rekey command", ErrCorrupt)
 		}
 	case opPut:
 		if c.Entry == nil || c.Path == "" || c.Entry.Version != c.Expect+1 {
@@ -217,6 +231,25 @@ func (ks *Keystore) Apply(b []byte) any {
 				ks.log.Error("cannot open the replicated keyring; sealing this node", "error", err)
 				ks.sealLocked()
 				return nil
+			}
+		}
+		return nil
+	case opRekey:
+		if ks.seal == nil {
+			return ErrNotInitialized
+		}
+		if c.Expect != ks.keyringVersion || c.Seal.ClusterID != ks.seal.ClusterID {
+			return ErrConflict
+		}
+		sc := *c.Seal
+		ks.seal, ks.keyring = &sc, c.Keyring
+		ks.keyringVersion++
+		if ks.root != nil {
+			if err := ks.adoptRootLocked(c); err != nil {
+				ks.log.Error("cannot take over the new root key of a rekey; sealing this node: unseal it with the new shares", "error", err)
+				ks.sealLocked()
+			} else if ks.cfg.OnRootChange != nil {
+				go ks.cfg.OnRootChange()
 			}
 		}
 		return nil
@@ -441,6 +474,93 @@ func (ks *Keystore) RootKey(fn func(root []byte) error) error {
 		return ErrSealed
 	}
 	return fn(ks.root.Bytes())
+}
+
+// ---- rekey ----
+
+func rootWrapAAD(clusterID string, keyringVersion uint64) []byte {
+	a := append([]byte("coffer-rekey-v1\x00"), clusterID...)
+	return binary.BigEndian.AppendUint64(append(a, 0), keyringVersion)
+}
+
+// adoptRootLocked opens a rekey's root wrap with the term key and switches
+// this node to the new root key, which must open the new keyring.
+func (ks *Keystore) adoptRootLocked(c *command) error {
+	tk := ks.terms[c.Term]
+	if tk == nil || len(c.RootWrap) < gcmNonceSize {
+		return fmt.Errorf("%w: rekey wraps the root key under unknown term %d", ErrCorrupt, c.Term)
+	}
+	g, err := newGCM(tk.Bytes())
+	if err != nil {
+		return err
+	}
+	root, err := g.Open(nil, c.RootWrap[:gcmNonceSize], c.RootWrap[gcmNonceSize:], rootWrapAAD(ks.seal.ClusterID, c.Expect))
+	if err != nil {
+		return fmt.Errorf("%w: rekey root wrap does not authenticate", ErrCorrupt)
+	}
+	defer clear(root)
+	if err := ks.loadKeyringLocked(root); err != nil {
+		return err
+	}
+	rb, err := lockedmem.Copy(root)
+	if err != nil {
+		return err
+	}
+	ks.root.Destroy()
+	ks.root = rb
+	return nil
+}
+
+// Rekey replaces the root key with newRoot (made, split and sealed by the
+// caller before this call) and records the new share count and threshold.
+// The keyring is re-encrypted under newRoot; records are untouched. Every
+// unsealed node switches to the new root key when it applies the change;
+// sealed nodes unseal with the new shares. The caller zeroes newRoot.
+func (ks *Keystore) Rekey(ctx context.Context, newRoot []byte, shares, threshold int) error {
+	if len(newRoot) != RootKeySize {
+		return invalidf("root key must be %d bytes", RootKeySize)
+	}
+	ks.writeMu.Lock()
+	defer ks.writeMu.Unlock()
+	for attempt := 0; ; attempt++ {
+		ks.mu.RLock()
+		if ks.root == nil {
+			ks.mu.RUnlock()
+			return ErrSealed
+		}
+		kr, keys, err := openKeyring(ks.root.Bytes(), ks.seal.ClusterID, ks.keyring)
+		if err != nil {
+			ks.mu.RUnlock()
+			return err
+		}
+		sc := *ks.seal
+		sc.Shares, sc.Threshold = shares, threshold
+		expect := ks.keyringVersion
+		blob, err := sealKeyring(newRoot, sc.ClusterID, kr, keys, ks.cfg.Rand)
+		zeroAll(keys)
+		if err != nil {
+			ks.mu.RUnlock()
+			return err
+		}
+		g, err := newGCM(ks.terms[ks.active].Bytes())
+		if err != nil {
+			ks.mu.RUnlock()
+			return err
+		}
+		wrap := make([]byte, gcmNonceSize, gcmNonceSize+RootKeySize+g.Overhead())
+		if _, err := io.ReadFull(ks.cfg.Rand, wrap); err != nil {
+			ks.mu.RUnlock()
+			return fmt.Errorf("reading randomness: %w", err)
+		}
+		wrap = g.Seal(wrap, wrap[:gcmNonceSize], newRoot, rootWrapAAD(sc.ClusterID, expect))
+		term := ks.active
+		ks.mu.RUnlock()
+		err = ks.propose(ctx, &command{Op: opRekey, Expect: expect, Seal: &sc, Keyring: blob, RootWrap: wrap, Term: term})
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			continue
+		}
+		return err
+	}
 }
 
 // ---- snapshots ----

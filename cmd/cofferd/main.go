@@ -51,7 +51,7 @@ EXAMPLES:
 			&cli.StringFlag{Name: "socket", Usage: "with --dev: the API socket `PATH` (default: DATA_DIR/coffer.sock)"},
 		},
 		HideHelpCommand: true,
-		Commands: []*cli.Command{{
+		Commands: []*cli.Command{recoverCommand(stdout), {
 			Name:  "version",
 			Usage: "print the version, commit and Go version",
 			Action: func(c *cli.Context) error {
