@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -76,6 +77,7 @@ type Node struct {
 	trans raft.Transport
 	mux   *mux
 
+	fsm     *fsm
 	rpcSrv  *http.Server
 	rpcOnce sync.Once
 	rpcHTTP *http.Client
@@ -123,6 +125,11 @@ func Open(cfg Config) (*Node, error) {
 		rc.HeartbeatTimeout = 500 * time.Millisecond
 		rc.ElectionTimeout = 500 * time.Millisecond
 		rc.LeaderLeaseTimeout = 250 * time.Millisecond
+		// Followers learn that an entry committed only from the leader's
+		// next AppendEntries; when idle the leader sends one after
+		// CommitTimeout (default 50 ms). A write forwarded by a follower
+		// waits for that before it answers, so keep it short.
+		rc.CommitTimeout = 5 * time.Millisecond
 		m, err := newMux(cfg.Net.BindAddr, cfg.Net.ServerTLS, cfg.Logger.Named("cluster"))
 		if err != nil {
 			store.Close()
@@ -139,7 +146,8 @@ func Open(cfg Config) (*Node, error) {
 		go n.rpcSrv.Serve(m.rpc)
 	}
 
-	r, err := raft.NewRaft(rc, &fsm{sm: cfg.FSM}, store, store, snaps, n.trans)
+	n.fsm = &fsm{sm: cfg.FSM, snaps: snaps}
+	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, n.trans)
 	if err != nil {
 		n.closeTransport()
 		store.Close()
@@ -257,9 +265,18 @@ func (n *Node) closeTransport() {
 }
 
 // fsm adapts the StateMachine to raft.FSM.
-type fsm struct{ sm StateMachine }
+// fsm adapts the StateMachine to raft.FSM and tracks the index the state
+// machine has really applied: raft's own AppliedIndex moves when entries
+// are handed to the FSM goroutine, before they are applied, so waiting on it
+// would let a follower answer a forwarded write before it can read it.
+type fsm struct {
+	sm      StateMachine
+	snaps   raft.SnapshotStore
+	applied atomic.Uint64
+}
 
 func (f *fsm) Apply(l *raft.Log) any {
+	defer f.applied.Store(l.Index)
 	if l.Type != raft.LogCommand {
 		return nil
 	}
@@ -270,7 +287,15 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return &snapshot{write: f.s
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	return f.sm.Restore(rc)
+	if err := f.sm.Restore(rc); err != nil {
+		return err
+	}
+	// raft restores from the newest snapshot in the store (at start, on
+	// InstallSnapshot and on a user restore alike): that is the index now.
+	if list, err := f.snaps.List(); err == nil && len(list) > 0 {
+		f.applied.Store(list[0].Index)
+	}
+	return nil
 }
 
 type snapshot struct{ write func(io.Writer) error }
@@ -399,9 +424,9 @@ func (n *Node) CatchUp(ctx context.Context) error {
 		return n.Barrier(ctx)
 	}
 	for {
-		// CommitIndex is updated by the leader's heartbeats.
-		if c := n.raft.CommitIndex(); c > 0 && n.raft.AppliedIndex() >= c {
-			return nil
+		// CommitIndex is updated by the leader's AppendEntries.
+		if c := n.raft.CommitIndex(); c > 0 {
+			return n.waitApplied(ctx, c)
 		}
 		if !sleepCtx(ctx, 10*time.Millisecond) {
 			return ErrNoLeader
@@ -450,5 +475,5 @@ func Recover(cfg Config, peers []Peer) error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = cfg.Logger.Named("raft")
-	return raft.RecoverCluster(rc, &fsm{sm: cfg.FSM}, store, store, snaps, trans, conf)
+	return raft.RecoverCluster(rc, &fsm{sm: cfg.FSM, snaps: snaps}, store, store, snaps, trans, conf)
 }

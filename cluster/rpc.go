@@ -255,14 +255,40 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 	}
 }
 
-// waitApplied waits until this node has applied index.
+// waitApplied waits until this node's state machine has applied everything
+// up to index. raft's AppliedIndex says entries were handed to the FSM
+// goroutine; the FSM's own counter says the last command it applied. Not
+// every entry reaches the FSM (no-ops, configuration changes), so the
+// target for the FSM is the last command at or before index.
 func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 	for n.raft.AppliedIndex() < index {
-		if !sleepCtx(ctx, 5*time.Millisecond) {
+		if !sleepCtx(ctx, 2*time.Millisecond) {
+			return fmt.Errorf("%w: this node did not catch up with the leader in time", ErrNoLeader)
+		}
+	}
+	target := n.lastCommandAtOrBefore(index)
+	for n.fsm.applied.Load() < target {
+		if !sleepCtx(ctx, time.Millisecond) {
 			return fmt.Errorf("%w: this node did not catch up with the leader in time", ErrNoLeader)
 		}
 	}
 	return nil
+}
+
+// lastCommandAtOrBefore finds the newest command entry at or before index
+// in the log (0 when the entries were compacted into a snapshot, which raft
+// restores before it reports them applied).
+func (n *Node) lastCommandAtOrBefore(index uint64) uint64 {
+	for i := index; i > 0 && index-i < 256; i-- {
+		var l raft.Log
+		if err := n.store.GetLog(i, &l); err != nil {
+			return 0
+		}
+		if l.Type == raft.LogCommand {
+			return i
+		}
+	}
+	return 0
 }
 
 // Join asks the cluster member at addr (any member: a follower passes the

@@ -35,23 +35,30 @@ func runCoffer(t *testing.T, args ...string) string {
 }
 
 type testCluster struct {
-	t     *testing.T
-	nodes []*daemon
-	addrs []string
+	t      *testing.T
+	nodes  []*daemon
+	addrs  []string
+	tlsDir string
 }
 
 // newCluster makes certificates with the CLI and configs for n nodes; node
 // 0 bootstraps. Nothing is started.
 func newCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t}
-	tlsDir := t.TempDir()
-	runCoffer(t, "tls", "ca", "create", "--out", tlsDir)
+	c := &testCluster{t: t, tlsDir: t.TempDir()}
+	runCoffer(t, "tls", "ca", "create", "--out", c.tlsDir)
 	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("node%d", i+1)
-		runCoffer(t, "tls", "cert", "create", "--ca", tlsDir, "--node", id, "--ip", "127.0.0.1", "--out", tlsDir)
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		d := newDaemonID(t, id, fmt.Sprintf(`
+		c.addNode(t, fmt.Sprintf("node%d", i+1), i == 0)
+	}
+	return c
+}
+
+// addNode makes a certificate and a config for one more node (not started).
+func (c *testCluster) addNode(t *testing.T, id string, bootstrap bool) *daemon {
+	t.Helper()
+	runCoffer(t, "tls", "cert", "create", "--ca", c.tlsDir, "--node", id, "--ip", "127.0.0.1", "--out", c.tlsDir)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d := newDaemonID(t, id, fmt.Sprintf(`
 cluster {
   addr          = %q
   bootstrap     = %v
@@ -59,11 +66,10 @@ cluster {
   tls_key_file  = %q
   tls_ca_file   = %q
 }
-`, addr, i == 0, filepath.Join(tlsDir, id+".crt"), filepath.Join(tlsDir, id+".key"), filepath.Join(tlsDir, "ca.crt")))
-		c.nodes = append(c.nodes, d)
-		c.addrs = append(c.addrs, addr)
-	}
-	return c
+`, addr, bootstrap, filepath.Join(c.tlsDir, id+".crt"), filepath.Join(c.tlsDir, id+".key"), filepath.Join(c.tlsDir, "ca.crt")))
+	c.nodes = append(c.nodes, d)
+	c.addrs = append(c.addrs, addr)
+	return d
 }
 
 func newDaemonID(t *testing.T, id, extraHCL string) *daemon {

@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coffer-kms/coffer/api"
+)
+
+// TestBench_Cluster measures the figures of docs/benchmarks.md for a
+// 3-node loopback cluster. It is a measurement, not a test: it runs only
+// with COFFER_BENCH=1 (COFFER_BENCH_KEYS sets the key count, default
+// 100000):
+//
+//	COFFER_BENCH=1 go test -count=1 -timeout 30m -run TestBench_Cluster -v ./e2e/
+func TestBench_Cluster(t *testing.T) {
+	if os.Getenv("COFFER_BENCH") != "1" {
+		t.Skip("a benchmark: set COFFER_BENCH=1 to run it")
+	}
+	nKeys := 100000
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_KEYS")); err == nil {
+		nKeys = v
+	}
+	// Trace logging (the tests' default) costs CPU on every request.
+	t.Setenv("COFFER_E2E_LOG_LEVEL", "warn")
+	c, shares := startCluster(t, 3, 3, 2)
+	lead := c.leader(c.nodes...)
+	var follower *daemon
+	for _, d := range c.nodes {
+		if d != lead {
+			follower = d
+			break
+		}
+	}
+	lead.mustCoffer("", "key", "create", "bench")
+
+	// 1. Commit latency of a write (key rotate), through the leader and
+	// through a follower (which forwards it).
+	for _, d := range []*daemon{lead, follower} {
+		var lat []time.Duration
+		for i := 0; i < 300; i++ {
+			t0 := time.Now()
+			if st, code, _ := d.api("POST", "/v1/keys/bench/rotate", ""); st != 200 {
+				t.Fatalf("rotate: %d %s", st, code)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		role := "leader"
+		if d == follower {
+			role = "follower"
+		}
+		t.Logf("commit latency (key rotate) via %s: p50 %v p99 %v (300 sequential writes)", role, lat[len(lat)/2], lat[len(lat)*99/100])
+	}
+
+	// 2. Wrap throughput on the leader and on a follower (served locally).
+	for _, d := range []*daemon{lead, follower} {
+		out := d.mustCoffer("", "--format", "json", "bench", "wrap", "--key", "bench", "--concurrency", "8", "--duration", "5s")
+		var r struct {
+			OpsPerSec float64 `json:"ops_per_sec"`
+			Latency   struct {
+				P50 float64 `json:"p50"`
+				P99 float64 `json:"p99"`
+			} `json:"latency_us"`
+		}
+		json.Unmarshal([]byte(out), &r)
+		t.Logf("wrap on %s (concurrency 8): %.0f ops/s, p50 %.0f µs, p99 %.0f µs", d.nodeID, r.OpsPerSec, r.Latency.P50, r.Latency.P99)
+	}
+
+	// 3. Many keys: create them through all nodes concurrently.
+	t0 := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := 0; w < 24; w++ {
+		wg.Add(1)
+		d := c.nodes[w%3]
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1)
+				if i > int64(nKeys) {
+					return
+				}
+				req, _ := http.NewRequest("POST", "http://coffer/v1/keys", strings.NewReader(fmt.Sprintf(`{"name":"k%d"}`, i)))
+				resp, err := d.http.Do(req)
+				if err != nil || resp.StatusCode != 201 {
+					if failed.Add(1) <= 3 {
+						var eb api.ErrorBody
+						if resp != nil {
+							json.NewDecoder(resp.Body).Decode(&eb)
+						}
+						t.Logf("create k%d on %s failed: %v %+v", i, d.nodeID, err, eb.Error)
+					}
+				}
+				if resp != nil {
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(t0)
+	t.Logf("created %d keys in %v (%.0f writes/s, 24 clients over 3 nodes), %d failed", nKeys, el.Round(time.Millisecond), float64(nKeys)/el.Seconds(), failed.Load())
+
+	// Wrap latency with many keys equals that with one.
+	out := lead.mustCoffer("", "--format", "json", "bench", "wrap", "--key", "k1", "--concurrency", "1", "--duration", "3s")
+	t.Logf("wrap with %d keys, concurrency 1: %s", nKeys, summary(out))
+
+	// 4. Snapshot size and time; restore into a fresh node.
+	snap := filepath.Join(t.TempDir(), "big.snap")
+	t0 = time.Now()
+	lead.mustCoffer("", "operator", "raft", "snapshot", "save", snap)
+	fi, _ := os.Stat(snap)
+	t.Logf("snapshot save: %d bytes (%.1f MB) in %v", fi.Size(), float64(fi.Size())/1e6, time.Since(t0).Round(time.Millisecond))
+	fresh := newDaemon(t, "")
+	fresh.start()
+	fresh.mustCoffer("", "operator", "init", "--shares", "1", "--threshold", "1")
+	t0 = time.Now()
+	fresh.mustCoffer("", "operator", "raft", "snapshot", "restore", snap)
+	fresh.mustCoffer(strings.Join(shares[:2], "\n")+"\n", "operator", "unseal")
+	t.Logf("snapshot restore into a fresh node + unseal: %v", time.Since(t0).Round(time.Millisecond))
+	fresh.stop()
+
+	// 5. A new node catches up (from a snapshot: force one first).
+	n4 := c.addNode(t, "node4", false)
+	t0 = time.Now()
+	n4.start()
+	n4.mustCoffer("", "operator", "raft", "join", c.addrs[0])
+	waitFor(t, "node4 receives the state", 120*time.Second, func() bool { return n4.status().Initialized })
+	n4.mustCoffer(strings.Join(shares[:2], "\n")+"\n", "operator", "unseal")
+	waitFor(t, "node4 has every key", 120*time.Second, func() bool {
+		st, _, body := n4.api("GET", "/v1/keys", "")
+		if st != 200 {
+			return false
+		}
+		var kl api.KeyList
+		json.Unmarshal(body, &kl)
+		return len(kl.Keys) >= nKeys
+	})
+	t.Logf("a new node joins and catches up with %d keys (join → all keys readable, incl. unseal): %v", nKeys, time.Since(t0).Round(time.Millisecond))
+	grep := func(d *daemon) string {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(l, "VmRSS") {
+				return strings.Join(strings.Fields(l)[1:], " ")
+			}
+		}
+		return "?"
+	}
+	t.Logf("RSS with %d keys: leader %s, node4 %s", nKeys, grep(lead), grep(n4))
+
+	// 6. Leader killed: time to the first successful write on a survivor.
+	lead = c.leader(c.nodes...)
+	var survivor *daemon
+	for _, d := range c.nodes {
+		if d != lead {
+			survivor = d
+			break
+		}
+	}
+	lead.kill()
+	t0 = time.Now()
+	for i := 0; ; i++ {
+		if st, _, _ := survivor.api("POST", "/v1/keys", fmt.Sprintf(`{"name":"after-kill-%d"}`, i)); st == 201 {
+			break
+		}
+		if time.Since(t0) > 30*time.Second {
+			t.Fatal("no write within 30s of the leader's death")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("leader SIGKILLed → first acknowledged write on a survivor: %v", time.Since(t0).Round(time.Millisecond))
+}
+
+func summary(benchJSON string) string {
+	var r struct {
+		OpsPerSec float64 `json:"ops_per_sec"`
+		Latency   struct {
+			P50 float64 `json:"p50"`
+			P99 float64 `json:"p99"`
+		} `json:"latency_us"`
+	}
+	json.Unmarshal([]byte(benchJSON), &r)
+	return fmt.Sprintf("%.0f ops/s, p50 %.0f µs, p99 %.0f µs", r.OpsPerSec, r.Latency.P50, r.Latency.P99)
+}
