@@ -22,6 +22,11 @@ func openNode(t *testing.T, dir string) (*Node, *keystore.Keystore) {
 	if err := n.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The log replays into the FSM after the election: wait for it, as the
+	// daemon does.
+	if err := n.CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
 	return n, ks
 }
 
