@@ -571,3 +571,30 @@ func (c *Client) DeletePolicy(ctx context.Context, name string) error {
 	_, err := c.Do(ctx, http.MethodDelete, policyPath(name), nil, nil)
 	return err
 }
+
+// Download sends a GET and streams a successful answer's body into w
+// without the size limit of Do (snapshots of large clusters are tens of
+// megabytes). It returns the number of bytes written.
+func (c *Client) Download(ctx context.Context, path string, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://coffer"+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return 0, ctxErr
+		}
+		return 0, &ConnError{Socket: c.socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+		return 0, c.decodeError(resp, data)
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, &ConnError{Socket: c.socket, Err: fmt.Errorf("read the answer to GET %s: %w", path, err)}
+	}
+	return n, nil
+}

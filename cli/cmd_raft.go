@@ -116,31 +116,26 @@ func (e *env) snapshotSaveCommand() *ucli.Command {
 			"restoring it needs the cluster's shares. FILE is created 0600 and not overwritten.",
 	}, "coffer operator raft snapshot save /backup/coffer.snap", 1, 1, func(x *cmd) error {
 		path := x.c.Args().First()
-		var raw []byte
-		if _, err := x.client.Do(x.ctx, http.MethodGet, "/v1/sys/raft/snapshot", nil, &raw); err != nil {
-			return err
-		}
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fmt.Errorf("cannot create %s: %w (choose a new file name)", path, err)
 		}
-		if _, err := f.Write(raw); err != nil {
-			f.Close()
+		n, err := x.client.Download(x.ctx, "/v1/sys/raft/snapshot", f)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
 			os.Remove(path)
 			return err
 		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
-		}
 		if x.json {
-			return x.printValue(map[string]any{"file": path, "bytes": len(raw)})
+			return x.printValue(map[string]any{"file": path, "bytes": n})
 		}
 		abs, _ := filepath.Abs(path)
-		_, err = fmt.Fprintf(x.stdout, "Saved a snapshot of %d bytes to %s.\n", len(raw), abs)
+		_, err = fmt.Fprintf(x.stdout, "Saved a snapshot of %d bytes to %s.\n", n, abs)
 		return err
 	})
 }
