@@ -77,10 +77,13 @@ type Node struct {
 	trans raft.Transport
 	mux   *mux
 
-	fsm     *fsm
-	rpcSrv  *http.Server
-	rpcOnce sync.Once
-	rpcHTTP *http.Client
+	fsm *fsm
+	// readTerm is the last term in which this node, as leader, committed a
+	// barrier, so that its commit index is current for reads (readIndex).
+	readTerm atomic.Uint64
+	rpcSrv   *http.Server
+	rpcOnce  sync.Once
+	rpcHTTP  *http.Client
 }
 
 // Open starts raft on cfg.DataDir, bootstrapping a single-voter cluster on

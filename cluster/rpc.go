@@ -47,12 +47,34 @@ func (n *Node) newRPCServer() *http.Server {
 // leads (a heartbeat round), so a follower that waits for it reads
 // linearizably.
 func (n *Node) rpcReadIndex(w http.ResponseWriter, r *http.Request) {
-	if n.raft.State() != raft.Leader || n.raft.VerifyLeader().Error() != nil {
+	index, err := n.readIndex()
+	if err != nil {
 		addr, _ := n.raft.LeaderWithID()
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 		return
 	}
-	writeRPC(w, http.StatusOK, applyResponse{Index: n.raft.CommitIndex()})
+	writeRPC(w, http.StatusOK, applyResponse{Index: index})
+}
+
+// readIndex is the leader's commit index once it has confirmed that it
+// still leads. A new leader's commit index may lag behind what the previous
+// leader acknowledged until an entry of the new term commits (raft thesis
+// §6.4), so the first read of a term waits for a barrier, which commits one.
+func (n *Node) readIndex() (uint64, error) {
+	if n.raft.State() != raft.Leader {
+		return 0, raft.ErrNotLeader
+	}
+	term := n.raft.CurrentTerm()
+	if n.readTerm.Load() != term {
+		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+			return 0, err
+		}
+		n.readTerm.Store(term)
+	}
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return 0, err
+	}
+	return n.raft.CommitIndex(), nil
 }
 
 // Sync waits until this node has applied every write committed before the
@@ -67,14 +89,18 @@ func (n *Node) Sync(ctx context.Context) error {
 	defer cancel()
 	for {
 		if n.raft.State() == raft.Leader {
-			if err := n.raft.VerifyLeader().Error(); err != nil {
+			index, err := n.readIndex()
+			if err != nil {
 				return ErrNoLeader
 			}
-			return n.waitApplied(ctx, n.raft.CommitIndex())
+			return n.waitApplied(ctx, index)
 		}
 		addr, _ := n.raft.LeaderWithID()
 		if addr != "" {
-			out, status, err := n.call(ctx, string(addr), "/rpc/read-index", nil)
+			// Reads are idempotent: when the leader changes, ask the new one.
+			callCtx, cancel := n.whileLeader(ctx, addr)
+			out, status, err := n.call(callCtx, string(addr), "/rpc/read-index", nil)
+			cancel()
 			if err == nil && status == http.StatusOK {
 				return n.waitApplied(ctx, out.Index)
 			}
@@ -104,7 +130,11 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 	}
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		// Only ErrNotLeader means the entry was never appended, so that the
+		// follower may send it again. After ErrLeadershipLost the entry may
+		// still be committed by the next leader: sending it again could
+		// apply it twice (a rotation would add two versions).
+		if errors.Is(err, raft.ErrNotLeader) {
 			addr, _ := n.raft.LeaderWithID()
 			writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 			return
@@ -172,6 +202,42 @@ func (n *Node) addVoter(id, addr string) error {
 	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error()
 }
 
+// dialError: a call that failed before a connection to the peer was made,
+// so the peer never saw the request (safe to send again).
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+func notSent(err error) bool {
+	var de *dialError
+	return errors.As(err, &de)
+}
+
+// whileLeader returns a context that ends with ctx, or as soon as this node
+// stops seeing addr as the leader (an election started or ended elsewhere):
+// a call to a leader that froze or was cut off then gives up within about an
+// election timeout instead of waiting for ctx's deadline.
+func (n *Node) whileLeader(ctx context.Context, addr raft.ServerAddress) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-c.Done():
+				return
+			case <-t.C:
+				if a, _ := n.raft.LeaderWithID(); a != addr {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return c, cancel
+}
+
 // rpcClient calls peers over mutual TLS.
 func (n *Node) rpcClient() *http.Client {
 	n.rpcOnce.Do(func() {
@@ -180,13 +246,14 @@ func (n *Node) rpcClient() *http.Client {
 		// itself and hands net/http a plain stream (see plainConn).
 		n.rpcHTTP = &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-				timeout := 5 * time.Second
-				if dl, ok := ctx.Deadline(); ok {
-					timeout = time.Until(dl)
+				if _, ok := ctx.Deadline(); !ok {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+					defer cancel()
 				}
-				c, err := dialTLS(addr, alpnRPC, client, timeout)
+				c, err := dialTLSContext(ctx, addr, alpnRPC, client)
 				if err != nil {
-					return nil, err
+					return nil, &dialError{err}
 				}
 				return plainConn{c}, nil
 			},
@@ -228,16 +295,21 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 		if n.raft.State() == raft.Leader {
 			return n.applyLocal(ctx, cmd)
 		}
-		out, status, err := n.call(ctx, string(addr), "/rpc/apply", cmd)
+		callCtx, cancel := n.whileLeader(ctx, addr)
+		out, status, err := n.call(callCtx, string(addr), "/rpc/apply", cmd)
+		cancel()
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ErrNoLeader
+			if notSent(err) && ctx.Err() == nil {
+				n.log.Debug("cannot reach the leader; retrying", "leader", addr, "error", err)
+				if !sleepCtx(ctx, 100*time.Millisecond) {
+					return nil, ErrNoLeader
+				}
+				continue
 			}
-			n.log.Debug("forwarding to the leader failed; retrying", "leader", addr, "error", err)
-			if !sleepCtx(ctx, 100*time.Millisecond) {
-				return nil, ErrNoLeader
-			}
-			continue
+			// The leader may have received the command and committed it:
+			// sending it again could apply it twice, so the outcome is
+			// unknown to the caller.
+			return nil, fmt.Errorf("%w: the leader (%s) did not answer; the write may or may not have been applied, read before retrying", ErrNoLeader, addr)
 		}
 		switch {
 		case status == http.StatusMisdirectedRequest && out.Error == errNotLeader:

@@ -147,11 +147,18 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 }
 
 func dialTLS(addr, proto string, client *tls.Config, timeout time.Duration) (net.Conn, error) {
-	cfg := client.Clone()
-	cfg.NextProtos = []string{proto}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: cfg}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	return dialTLSContext(ctx, addr, proto, client)
+}
+
+// dialTLSContext is dialTLS bounded by ctx, so that a caller can give up on
+// a peer that accepts TCP but never completes the handshake (a frozen or
+// partitioned leader).
+func dialTLSContext(ctx context.Context, addr, proto string, client *tls.Config) (net.Conn, error) {
+	cfg := client.Clone()
+	cfg.NextProtos = []string{proto}
+	d := &tls.Dialer{Config: cfg}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err

@@ -48,7 +48,9 @@ func (s *Server) handleCreateKey(rc *reqCtx) error {
 	if !s.allowed(rc.caller, api.OpCreate, req.Name) {
 		return denied(rc.caller, "create key \""+req.Name+"\"")
 	}
-	k, err := s.ks.CreateKey(rc.r.Context(), req.Name, req.Type, req.RotationPeriod)
+	k, err := s.keyWrite(rc, func() (api.Key, error) {
+		return s.ks.CreateKey(rc.r.Context(), req.Name, req.Type, req.RotationPeriod)
+	})
 	if err != nil {
 		return err
 	}
@@ -77,7 +79,9 @@ func (s *Server) handleUpdateKey(rc *reqCtx) error {
 	if req.MinDecryptionVersion == nil && req.RotationPeriod == nil {
 		return badRequest("nothing to update: send min_decryption_version and/or rotation_period")
 	}
-	k, err := s.ks.UpdateKey(rc.r.Context(), rc.name, req.MinDecryptionVersion, req.RotationPeriod)
+	k, err := s.keyWrite(rc, func() (api.Key, error) {
+		return s.ks.UpdateKey(rc.r.Context(), rc.name, req.MinDecryptionVersion, req.RotationPeriod)
+	})
 	if err != nil {
 		return err
 	}
@@ -87,7 +91,7 @@ func (s *Server) handleUpdateKey(rc *reqCtx) error {
 }
 
 func (s *Server) handleRotateKey(rc *reqCtx) error {
-	k, err := s.ks.RotateKey(rc.r.Context(), rc.name)
+	k, err := s.keyWrite(rc, func() (api.Key, error) { return s.ks.RotateKey(rc.r.Context(), rc.name) })
 	if err != nil {
 		return err
 	}
@@ -107,7 +111,7 @@ func (s *Server) handleDeleteKey(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	k, err := s.ks.DeleteKey(rc.r.Context(), rc.name, window)
+	k, err := s.keyWrite(rc, func() (api.Key, error) { return s.ks.DeleteKey(rc.r.Context(), rc.name, window) })
 	if err != nil {
 		return err
 	}
@@ -117,13 +121,26 @@ func (s *Server) handleDeleteKey(rc *reqCtx) error {
 }
 
 func (s *Server) handleRestoreKey(rc *reqCtx) error {
-	k, err := s.ks.RestoreKey(rc.r.Context(), rc.name)
+	k, err := s.keyWrite(rc, func() (api.Key, error) { return s.ks.RestoreKey(rc.r.Context(), rc.name) })
 	if err != nil {
 		return err
 	}
 	s.log.Info("key deletion cancelled", "key", k.Name, "uid", rc.caller.UID)
 	writeJSON(rc.w, http.StatusOK, k)
 	return nil
+}
+
+// keyWrite runs a key write. The keystore checks a write against this
+// node's copy of the state before it proposes anything, and a follower's
+// copy may lag: a rotation right after a create through another node would
+// answer not_found for a key the cluster has. So before refusing with
+// not_found or already_exists, sync with the leader and try once more.
+func (s *Server) keyWrite(rc *reqCtx, op func() (api.Key, error)) (api.Key, error) {
+	k, err := op()
+	if (errors.Is(err, keystore.ErrNotFound) || errors.Is(err, keystore.ErrAlreadyExists)) && s.node.Sync(rc.r.Context()) == nil {
+		return op()
+	}
+	return k, err
 }
 
 // ---- crypto ----
