@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -73,6 +74,11 @@ func ParseCiphertext(s string) (version int, raw []byte, err error) {
 		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
 	}
 	body := rest[i+1:]
+	// encoding/base64 skips \r and \n even in strict mode; a ciphertext has
+	// exactly one spelling, so refuse them.
+	if strings.ContainsAny(body, "\r\n") {
+		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it contains a line break")
+	}
 	raw, derr := strictB64.DecodeString(body)
 	if derr != nil {
 		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it was truncated or altered")
