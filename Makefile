@@ -11,8 +11,29 @@ LDFLAGS    := -X github.com/coffer-kms/coffer/internal/version.Version=$(VERSION
               -X github.com/coffer-kms/coffer/cli.Version=$(VERSION) -X github.com/coffer-kms/coffer/cli.Commit=$(COMMIT)
 FUZZTIME   ?= 5s
 # Debian packages the tests use (SoftHSM2 + pkcs11-tool, swtpm + tpm2-tools
-# for the device tests).
-APT_PKGS   := gcc libc6-dev softhsm2 opensc swtpm swtpm-tools tpm2-tools curl
+# for the device tests; systemd-analyze from systemd for the unit checks,
+# systemd-nspawn, debootstrap and pgrep to boot a real systemd for the
+# unit's end-to-end test).
+APT_PKGS   := gcc libc6-dev softhsm2 opensc swtpm swtpm-tools tpm2-tools curl \
+              systemd systemd-container debootstrap procps
+
+# Install layout: `make install DESTDIR=/tmp/stage PREFIX=/usr`. PREFIX
+# defaults to /usr/local for a hand install; packages use /usr. systemd
+# reads units, sysusers.d and tmpfiles.d under both /usr/lib and
+# /usr/local/lib.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+UNITDIR     ?= $(LIBDIR)/systemd/system
+SYSUSERSDIR ?= $(LIBDIR)/sysusers.d
+TMPFILESDIR ?= $(LIBDIR)/tmpfiles.d
+DATADIR     ?= $(PREFIX)/share
+DOCDIR      ?= $(DATADIR)/doc/coffer
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+# Debian's zsh looks in vendor-completions for packaged (/usr) completions
+# and in site-functions under /usr/local.
+ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 
 # Fuzz targets: package, target.
 FUZZ_TARGETS := \
@@ -21,9 +42,10 @@ FUZZ_TARGETS := \
 	./keystore:FuzzParseCiphertext \
 	./keystore:FuzzDecodeCommand \
 	./daemon:FuzzDecodeRequest \
-	./daemon/config:FuzzParseConfig
+	./daemon/config:FuzzParseConfig \
+	./daemon/audit:FuzzParseLine
 
-.PHONY: help deps build run test test-unit lint fuzz fuzz-smoke bench bench-load clean
+.PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +63,27 @@ build: ## build bin/cofferd and bin/coffer
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cofferd ./cmd/cofferd
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/coffer ./cmd/coffer
 
+install: build ## install binaries, systemd units, sysusers/tmpfiles, examples, completions (DESTDIR=, PREFIX=/usr/local)
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(BASHCOMPDIR) \
+		$(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	install -m 0755 bin/cofferd bin/coffer $(DESTDIR)$(BINDIR)/
+	@# The unit names the binary by its installed path.
+	sed 's#^ExecStart=/usr/bin/cofferd #ExecStart=$(BINDIR)/cofferd #' systemd/cofferd.service > bin/cofferd.service
+	install -m 0644 bin/cofferd.service systemd/cofferd.socket $(DESTDIR)$(UNITDIR)/
+	install -m 0644 systemd/coffer.sysusers $(DESTDIR)$(SYSUSERSDIR)/coffer.conf
+	install -m 0644 systemd/coffer.tmpfiles $(DESTDIR)$(TMPFILESDIR)/coffer.conf
+	install -m 0644 systemd/examples/*.hcl systemd/examples/*.conf $(DESTDIR)$(DOCDIR)/examples/
+	install -m 0644 systemd/README.md $(DESTDIR)$(DOCDIR)/systemd.md
+	install -m 0644 docs/operations.md docs/devices.md $(DESTDIR)$(DOCDIR)/
+	bin/coffer completion bash > $(DESTDIR)$(BASHCOMPDIR)/coffer
+	bin/coffer completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_coffer
+	bin/coffer completion fish > $(DESTDIR)$(FISHCOMPDIR)/coffer.fish
+	@if [ -z "$(DESTDIR)" ]; then \
+		echo "installed. Next (as root): systemd-sysusers coffer.conf && systemd-tmpfiles --create coffer.conf && systemctl daemon-reload,"; \
+		echo "then write /etc/coffer/cofferd.hcl (examples in $(DOCDIR)/examples) and see $(DOCDIR)/operations.md"; \
+	fi
+
 run: build ## start a dev node in the foreground (initialised, unsealed, key "dev")
 	./bin/cofferd --dev
 
@@ -52,6 +95,10 @@ lint: ## gofmt and go vet
 test: deps lint build ## everything CI runs: lint, race tests (unit + end-to-end), fuzz smoke
 	env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -race -count=1 -timeout 12m ./...
 	$(MAKE) --no-print-directory fuzz-smoke FUZZTIME=3s
+
+test-systemd: build ## only the systemd tests: unit checks, sd_notify/socket activation, cofferd.service under a real systemd (root)
+	env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -race -count=1 -timeout 10m ./systemd/ ./cmd/cofferd/ \
+		&& env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -count=1 -timeout 10m -run 'TestE2E_(Notify|SocketActivation|Systemd)' -v ./e2e/
 
 test-unit: ## race tests only
 	$(GO) test -race -count=1 ./...

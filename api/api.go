@@ -26,6 +26,11 @@ const (
 	CodeSealed             = "sealed"
 	CodeNoLeader           = "no_leader"
 	CodeInternal           = "internal"
+	// CodeAuditUnavailable (503): the node cannot write its audit log (disk
+	// full, permission, I/O error) and refuses what it cannot record. Not
+	// in spec/API.md's table, which predates the audit log: see
+	// docs/audit.md.
+	CodeAuditUnavailable = "audit_unavailable"
 )
 
 // Limits (spec/API.md, "Conventions").
@@ -124,6 +129,10 @@ type Status struct {
 	SealedReason string `json:"sealed_reason"`
 	AuditSeq     uint64 `json:"audit_seq"`
 	AuditHash    string `json:"audit_hash"`
+	// AuditError is set while the node cannot write its audit log and so
+	// refuses every audited request: what failed and what to do. Empty when
+	// the log is writable.
+	AuditError string `json:"audit_error,omitempty"`
 	// SealDeviceError is set while the node's seal device is failing (also
 	// when the node is unsealed and still serving from memory): what failed
 	// and what to do. Empty when healthy or with no device.
@@ -147,6 +156,16 @@ type InitResponse struct {
 type UnsealRequest struct {
 	Share string `json:"share,omitempty"`
 	Reset bool   `json:"reset,omitempty"`
+}
+
+// AuditHashRequest is the body of POST /v1/sys/audit-hash.
+type AuditHashRequest struct {
+	Input string `json:"input"`
+}
+
+// AuditHashResponse is its answer: the value as the audit log records it.
+type AuditHashResponse struct {
+	Hash string `json:"hash"`
 }
 
 // RotateResponse is the answer to POST /v1/sys/rotate.

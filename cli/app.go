@@ -134,6 +134,7 @@ func (e *env) newApp() *ucli.App {
 			e.datakeyCommand(),
 			e.policyCommand(),
 			e.tlsCommand(),
+			e.auditCommand(),
 			e.benchCommand(),
 			e.versionCommand(),
 			e.completionCommand(),

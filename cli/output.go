@@ -71,6 +71,9 @@ func printStatus(w io.Writer, st *api.Status) error {
 	if st.AuditHash != "" || st.AuditSeq != 0 {
 		t.row("Audit", fmt.Sprintf("seq %d, %s", st.AuditSeq, orDash(st.AuditHash)))
 	}
+	if st.AuditError != "" {
+		t.row("Audit error", oneLine(st.AuditError))
+	}
 	return t.flush()
 }
 

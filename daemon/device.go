@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -73,30 +74,48 @@ func openDevice(ctx context.Context, cfg *config.Config, log hclog.Logger) (hsm.
 	return nil, fmt.Errorf("unknown seal type %q", cfg.Seal.Type)
 }
 
-// readPIN reads the HSM PIN from pin_file (a trailing newline is ignored)
-// or pin_env. The caller zeroes it.
+// readPIN reads the HSM PIN from pin_file or pin_credential (a trailing
+// newline is ignored) or pin_env. The caller zeroes it.
 func readPIN(p *config.PKCS11Config) ([]byte, error) {
-	if p.PINFile != "" {
-		b, err := os.ReadFile(p.PINFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading the HSM PIN from pin_file: %w", err)
+	switch {
+	case p.PINFile != "":
+		return readPINFile(p.PINFile, "pin_file "+p.PINFile)
+	case p.PINCredential != "":
+		// systemd sets CREDENTIALS_DIRECTORY for a unit with LoadCredential=
+		// or LoadCredentialEncrypted= (and only when it passed at least one).
+		dir := os.Getenv("CREDENTIALS_DIRECTORY")
+		if dir == "" {
+			return nil, fmt.Errorf("pin_credential %q: $CREDENTIALS_DIRECTORY is not set, so cofferd did not get the credential: run it from the cofferd.service unit with LoadCredentialEncrypted=%s (or LoadCredential=%s:/path/to/pin), or use pin_file", p.PINCredential, p.PINCredential, p.PINCredential)
 		}
-		n := len(b)
-		for n > 0 && (b[n-1] == '\n' || b[n-1] == '\r') {
-			n--
+		path := filepath.Join(dir, p.PINCredential)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("pin_credential %q: systemd passed no credential of that name (%s is missing): put the encrypted PIN at /etc/credstore.encrypted/%s (systemd-creds encrypt --name=%s), or add LoadCredential=%s:/path/to/pin to the unit", p.PINCredential, path, p.PINCredential, p.PINCredential, p.PINCredential)
 		}
-		pin := append([]byte(nil), b[:n]...)
-		clear(b)
-		if len(pin) == 0 {
-			return nil, fmt.Errorf("pin_file %s is empty: write the token's user PIN into it", p.PINFile)
-		}
-		return pin, nil
+		return readPINFile(path, "pin_credential "+p.PINCredential)
 	}
 	v, ok := os.LookupEnv(p.PINEnv)
 	if !ok || v == "" {
 		return nil, fmt.Errorf("environment variable %s (pin_env) is not set: set it to the token's user PIN in cofferd's environment", p.PINEnv)
 	}
 	return []byte(strings.TrimRight(v, "\r\n")), nil
+}
+
+// readPINFile reads a PIN from path; what names the setting for errors.
+func readPINFile(path, what string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the HSM PIN from %s: %w", what, err)
+	}
+	n := len(b)
+	for n > 0 && (b[n-1] == '\n' || b[n-1] == '\r') {
+		n--
+	}
+	pin := append([]byte(nil), b[:n]...)
+	clear(b)
+	if len(pin) == 0 {
+		return nil, fmt.Errorf("%s is empty: write the token's user PIN into it", what)
+	}
+	return pin, nil
 }
 
 // get returns the open device, opening it if needed.

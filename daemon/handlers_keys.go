@@ -45,6 +45,7 @@ func (s *Server) handleCreateKey(rc *reqCtx) error {
 	if !api.ValidName(req.Name) {
 		return badRequest("invalid key name %q: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit", truncate(req.Name))
 	}
+	rc.au.key = req.Name
 	if !s.allowed(rc.caller, api.OpCreate, req.Name) {
 		return denied(rc.caller, "create key \""+req.Name+"\"")
 	}
@@ -149,8 +150,9 @@ func (s *Server) keyWrite(rc *reqCtx, op func() (api.Key, error)) (api.Key, erro
 // this node has not applied yet (created or rotated through another node a
 // moment ago), waits until the node has caught up with the leader and runs
 // it once more. The wait is bounded and costs nothing on the common path.
-func (s *Server) crypto(rc *reqCtx, op func(string, []keystore.Item) ([]keystore.Result, error), items []keystore.Item) ([]keystore.Result, error) {
-	out, err := op(rc.name, items)
+func (s *Server) crypto(rc *reqCtx, op func(string, []keystore.Item) ([]keystore.Result, error), items []keystore.Item) (out []keystore.Result, err error) {
+	defer func() { s.auditCrypto(rc, items, out) }()
+	out, err = op(rc.name, items)
 	if !needsCatchUp(out, err) {
 		return out, err
 	}
@@ -385,6 +387,7 @@ func (s *Server) handleDataKey(rc *reqCtx) error {
 	if errors.Is(err, keystore.ErrNotFound) && s.node.Sync(rc.r.Context()) == nil {
 		r, err = s.ks.DataKey(rc.name, n, req.AAD)
 	}
+	s.auditCrypto(rc, []keystore.Item{{AAD: req.AAD}}, []keystore.Result{r})
 	if err != nil {
 		return err
 	}

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 
 	"filippo.io/age"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/keystore"
 	"github.com/coffer-kms/coffer/keystore/shamir"
 )
@@ -27,7 +29,7 @@ func (s *Server) handleHealth(rc *reqCtx) error {
 	switch {
 	case !st.Initialized:
 		code = http.StatusNotImplemented
-	case st.Sealed || st.LeaderID == "":
+	case st.Sealed || st.LeaderID == "", st.AuditError != "":
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(rc.w, code, st)
@@ -140,6 +142,7 @@ func (s *Server) Initialize(ctx context.Context, shares, threshold int, recipien
 	s.resetProgress()
 	s.setSealedReason("")
 	s.log.Info("cluster initialised", "cluster-id", clusterID, "shares", shares, "threshold", threshold, "encrypted-shares", resp.Encrypted, "device", s.seal != nil)
+	s.AuditEvent("init", "cluster_id", clusterID, "shares", strconv.Itoa(shares), "threshold", strconv.Itoa(threshold), "encrypted_shares", strconv.FormatBool(resp.Encrypted))
 	return resp, nil
 }
 
@@ -211,6 +214,7 @@ func (s *Server) addShare(rc *reqCtx, sc *keystore.SealConfig, share []byte) err
 	}
 	s.shares = append(s.shares, share)
 	s.log.Info("unseal share accepted", "progress", len(s.shares), "threshold", sc.Threshold)
+	rc.au.setDetail("progress", strconv.Itoa(len(s.shares))+"/"+strconv.Itoa(sc.Threshold))
 	if len(s.shares) < sc.Threshold {
 		return nil
 	}
@@ -233,9 +237,11 @@ func (s *Server) addShare(rc *reqCtx, sc *keystore.SealConfig, share []byte) err
 	}
 	s.setSealedReason("")
 	s.manualSeal.Store(false)
+	rc.au.setDetail("unsealed", "true")
 	if s.seal != nil {
 		// The node has a device but needed shares: the break-glass path.
 		s.log.Warn("break-glass unseal with Shamir shares on a node with a seal device; run `coffer operator reseal` to enrol the device again", "seal-type", s.seal.kind)
+		s.auditEvent(&audit.Entry{Operation: "break-glass-unseal", Caller: auditCaller(rc.caller), RequestID: rc.id, Detail: map[string]string{"seal_type": s.seal.kind}})
 	} else {
 		s.log.Info("unsealed with Shamir shares")
 	}
@@ -279,6 +285,7 @@ func (s *Server) handleRotate(rc *reqCtx) error {
 		return err
 	}
 	s.log.Info("keyring rotated", "term", term)
+	rc.au.setDetail("term", strconv.Itoa(term))
 	writeJSON(rc.w, http.StatusOK, api.RotateResponse{Term: term})
 	return nil
 }

@@ -60,6 +60,8 @@ type reqCtx struct {
 	caller *auth.Caller
 	name   string // key or policy name from the path
 	start  time.Time
+	aw     auditWriter // wraps w: writes the audit entry before the answer
+	au     reqAudit    // what the audit entry records (audit_hook.go)
 }
 
 var (
@@ -72,6 +74,9 @@ var (
 		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
 		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
 		"rekey":  {"POST": {accessAdmin, "", (*Server).handleRekey}},
+		// metrics is open like status: counts only, no key or secret.
+		"metrics":    {"GET": {accessOpen, "", (*Server).handleMetrics}},
+		"audit-hash": {"POST": {accessAdmin, "", (*Server).handleAuditHash}},
 	}
 	keysRoutes = map[string]route{
 		"GET":  {accessAuthed, "", (*Server).handleListKeys},
@@ -154,7 +159,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := &reqCtx{w: w, r: r, id: s.newRequestID(), start: time.Now()}
 	rc.caller, _ = r.Context().Value(callerKey).(*auth.Caller)
 	w.Header().Set(api.HeaderRequestID, rc.id)
-	status := s.dispatch(rc)
+	status := http.StatusServiceUnavailable
+	if s.beginAudit(rc) {
+		status = s.endAudit(rc, s.dispatch(rc))
+	}
 	if s.log.IsDebug() {
 		uid := int64(-1)
 		if rc.caller != nil {
@@ -290,6 +298,7 @@ func toAPIError(err error) (int, api.ErrorDetail, bool) {
 // fail writes err as the error body and returns the status.
 func (s *Server) fail(rc *reqCtx, err error) int {
 	status, d, known := toAPIError(err)
+	rc.au.errCode = d.Code
 	if !known {
 		d.Message = fmt.Sprintf("internal error (request %s): see the cofferd log", rc.id)
 		s.log.Error("internal error", "request-id", rc.id, "path", rc.r.URL.Path, "error", err)

@@ -26,6 +26,7 @@ import (
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/cluster/tlsutil"
+	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/daemon/auth"
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/daemon/platform"
@@ -61,6 +62,8 @@ type Server struct {
 
 	admins   *auth.Admins
 	policies atomic.Pointer[auth.PolicySet]
+
+	audit *auditor // audit log, metrics, alert rules (audit_hook.go)
 
 	// unseal progress: parsed shares collected so far (zeroed on reset).
 	unsealMu     sync.Mutex
@@ -163,6 +166,12 @@ func New(opts Options) (*Server, error) {
 			log.Warn("raft log not yet applied", "error", err)
 		}
 	}
+	// The audit log opens before anything can happen that it must record.
+	if s.audit, err = newAuditor(s, cfg, log); err != nil {
+		s.node.Close()
+		return nil, err
+	}
+	s.auditEvent(&audit.Entry{Operation: "start", Detail: map[string]string{"version": s.version}})
 	s.seal = newSealDevice(cfg, log)
 	if s.seal != nil {
 		if _, err := s.seal.get(ctx); err != nil {
@@ -216,6 +225,7 @@ func (s *Server) status() api.Status {
 			st.SealedReason = fmt.Sprintf("waiting for unseal shares: %d of %d entered; run `coffer operator unseal`", st.Progress, st.Threshold)
 		}
 	}
+	s.auditStatus(&st)
 	return st
 }
 
@@ -356,6 +366,7 @@ func (s *Server) autoUnseal(ctx context.Context) {
 	}
 	s.setSealedReason("")
 	s.log.Info("auto-unsealed with the seal device", "seal-type", s.seal.kind)
+	s.auditEvent(&audit.Entry{Operation: "auto-unseal", Detail: map[string]string{"seal_type": s.seal.kind}})
 }
 
 // ---- serving ----
@@ -421,6 +432,7 @@ func (s *Server) Close() error {
 		if s.seal != nil {
 			s.seal.close()
 		}
+		s.audit.close()
 	})
 	return err
 }
@@ -479,6 +491,11 @@ func (s *Server) runSchedule() {
 			s.log.Error("scheduled rotation failed", "key", name, "error", err)
 		} else if ok {
 			s.log.Info("rotated key on schedule", "key", name)
+			e := &audit.Entry{Operation: "rotate", Key: name, Detail: map[string]string{"reason": "rotation_period"}}
+			if k, err := s.ks.GetKey(name); err == nil {
+				e.KeyVersion = k.LatestVersion
+			}
+			s.auditEvent(e)
 		}
 	}
 	for _, name := range s.ks.DuePurges(now) {
@@ -487,6 +504,7 @@ func (s *Server) runSchedule() {
 			s.log.Error("purging key failed", "key", name, "error", err)
 		} else if ok {
 			s.log.Info("purged key after its deletion window", "key", name)
+			s.auditEvent(&audit.Entry{Operation: "purge", Key: name, Detail: map[string]string{"reason": "deletion_date"}})
 		}
 	}
 }

@@ -72,6 +72,9 @@ type daemon struct {
 	// pollEvery is how often start polls for the socket (default 20ms);
 	// the timing test makes it finer.
 	pollEvery time.Duration
+	// procAttr, if set, is cofferd's SysProcAttr (e.g. to run it as
+	// another uid).
+	procAttr *syscall.SysProcAttr
 }
 
 func newDaemon(t *testing.T, extraHCL string) *daemon {
@@ -111,6 +114,7 @@ func (d *daemon) start() {
 	}
 	d.cmd.Stdout = lockedWriter{&d.logMu, &d.log}
 	d.cmd.Stderr = lockedWriter{&d.logMu, &d.log}
+	d.cmd.SysProcAttr = d.procAttr
 	poll := d.pollEvery
 	if poll <= 0 {
 		poll = 20 * time.Millisecond
@@ -164,9 +168,13 @@ func (d *daemon) writeConfig(extraHCL string) {
 	if id == "" {
 		id = "e2e"
 	}
+	level := os.Getenv("COFFER_E2E_LOG_LEVEL") // benchmarks turn tracing off
+	if level == "" {
+		level = "trace"
+	}
 	cfg := fmt.Sprintf(`node_id   = "`+id+`"
 data_dir  = "data"
-log_level = "trace"
+log_level = "`+level+`"
 
 listener "unix" {
   path = "coffer.sock"
@@ -520,11 +528,17 @@ func combineShares(t *testing.T, shares []string) []byte {
 	return root
 }
 
-// checkNoSecrets searches the daemon log and data_dir for each secret raw,
-// in hex and in base64 (all three alignments of the base64 alphabet).
-func checkNoSecrets(t *testing.T, d *daemon, secrets map[string][]byte) {
+// checkNoSecrets searches the daemon log and data_dir (and the extra
+// haystacks, by name) for each secret raw, in hex and in base64 (all three
+// alignments of the base64 alphabet).
+func checkNoSecrets(t *testing.T, d *daemon, secrets map[string][]byte, extra ...map[string][]byte) {
 	t.Helper()
 	haystacks := map[string][]byte{"cofferd log": []byte(d.logs())}
+	for _, x := range extra {
+		for k, v := range x {
+			haystacks[k] = v
+		}
+	}
 	filepath.Walk(filepath.Join(d.dir, "data"), func(p string, info os.FileInfo, err error) error {
 		if err == nil && info.Mode().IsRegular() {
 			b, _ := os.ReadFile(p)

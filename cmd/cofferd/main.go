@@ -3,7 +3,9 @@
 // The start-up sequence, top to bottom: harden the process (no core dumps,
 // not ptrace-able by other users), load and validate the config, build the
 // logger, open the node (raft state, seal device, auto-unseal), then serve on
-// the unix socket until SIGINT/SIGTERM, and seal (zero keys) on the way out.
+// the unix socket (its own, or the one systemd passes) until SIGINT/SIGTERM,
+// and seal (zero keys) on the way out. Under systemd it notifies readiness,
+// seal state and watchdog pings (notify.go).
 package main
 
 import (
@@ -113,6 +115,11 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 		return cli.Exit("cofferd: hardening the process: "+err.Error(), 1)
 	}
 	log := newLogger(cfg, stderr)
+	notify, err := newNotifier(log)
+	if err != nil {
+		return cli.Exit("cofferd: "+err.Error(), 1)
+	}
+	notify.starting("opening the raft store and the seal device")
 	checkEvery, err := deviceCheckInterval()
 	if err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
@@ -121,6 +128,7 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 	if err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
 	}
+	defer reopenAuditOnHUP(ctx, srv, log)() // SIGHUP: reopen the audit log (log rotation)
 	if !lockedmem.Locked() {
 		log.Warn("key memory could not be locked (mlock): raise LimitMEMLOCK / RLIMIT_MEMLOCK or grant CAP_IPC_LOCK so that keys are never swapped")
 	}
@@ -130,8 +138,7 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 			return cli.Exit("cofferd: "+err.Error(), 1)
 		}
 	}
-	if err := srv.Serve(ctx); err != nil {
-		srv.Close()
+	if err := serveAPI(ctx, srv, cfg, log, notify); err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
 	}
 	log.Info("stopped; key material zeroed")

@@ -122,7 +122,7 @@ func CallerFromConn(c net.Conn) (*Caller, error) {
 	// PID 0: the peer is in a pid namespace we cannot see; /proc/0 is not it.
 	if cred.Pid > 0 && !peerGone {
 		supp, unit, user = readProc(procRoot, int(cred.Pid))
-		if pidfd >= 0 && unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil {
+		if pidfd >= 0 && pidfdExited(pidfd) {
 			// The peer exited (before or while we read /proc), so its pid
 			// may already name another process: what we read may not be
 			// the peer's.
@@ -146,6 +146,23 @@ func CallerFromConn(c net.Conn) (*Caller, error) {
 		}
 	}
 	return caller, nil
+}
+
+// pidfdExited reports whether the process of a pidfd has terminated: a
+// pidfd polls readable once it has. Unlike sending it signal 0, this needs
+// no permission over the process, and cofferd (under systemd: the user
+// coffer) has none over callers that run as other users.
+func pidfdExited(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		// An error means we cannot tell: assume it exited, so that what was
+		// read from /proc is not trusted.
+		return err != nil || n > 0
+	}
 }
 
 // readProc reads the supplementary groups and the systemd unit of pid.

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 
@@ -112,15 +113,21 @@ type SealConfig struct {
 	Soft   *SoftSealConfig
 }
 
-// PKCS11Config is a PKCS#11 token. The PIN comes from PINFile or PINEnv,
-// never from the config file itself.
+// PKCS11Config is a PKCS#11 token. The PIN comes from exactly one of
+// PINFile, PINEnv and PINCredential, never from the config file itself.
 type PKCS11Config struct {
-	Library     string
-	TokenLabel  string
-	PINFile     string
-	PINEnv      string
-	KeyLabel    string
-	GenerateKey bool
+	Library    string
+	TokenLabel string
+	PINFile    string
+	PINEnv     string
+	// PINCredential names a systemd credential (LoadCredential= or
+	// LoadCredentialEncrypted= in the unit): the PIN is read from
+	// $CREDENTIALS_DIRECTORY/PINCredential when the device is opened. It
+	// exists so that the config need not spell out the unit's credentials
+	// directory (/run/credentials/UNIT/), which changes with the unit name.
+	PINCredential string
+	KeyLabel      string
+	GenerateKey   bool
 }
 
 // TPMConfig is a TPM 2.0: a character device or a simulator address.
@@ -141,9 +148,18 @@ type KMSv2Config struct {
 	Key  string
 }
 
-// AuditConfig is the audit log.
+// AuditConfig is the audit log (decoded and checked in audit.go).
 type AuditConfig struct {
 	Path string
+	// Fsync is AuditFsyncInterval or AuditFsyncAlways; "" is the default
+	// (interval).
+	Fsync string
+	// FsyncInterval is how often fsync "interval" syncs; 0 is the default
+	// (100ms).
+	FsyncInterval time.Duration
+	// Alerts are the unusual-access rules; nil applies the daemon's default
+	// rule (more than 10 denied requests per caller per minute).
+	Alerts []AlertRule
 }
 
 // Error is a configuration error, located in the file where possible.
@@ -251,6 +267,11 @@ func (c *Config) resolvePaths(base string) {
 
 var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// credentialNameRe is what pin_credential accepts: a file name in
+// $CREDENTIALS_DIRECTORY, stricter than systemd's own rule (any valid file
+// name) so that it can never climb out of that directory or need quoting.
+var credentialNameRe = regexp.MustCompile(`^[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,254}$`)
+
 // errAt returns an error located at the setting key (dotted name), or at the
 // closest enclosing block the file has a position for.
 func (c *Config) errAt(key, format string, args ...any) error {
@@ -321,10 +342,7 @@ func (c *Config) Validate() error {
 			return c.errAt("kms_v2.key", "kms_v2.key %q is not a valid key name; use letters, digits, '.', '_' and '-', starting with a letter or digit", k.Key)
 		}
 	}
-	if a := c.Audit; a != nil && a.Path == "" {
-		return c.errAt("audit.path", "audit needs path, the audit log file; add path = \"/var/log/coffer/audit.log\" or remove the audit block")
-	}
-	return nil
+	return c.validateAudit()
 }
 
 func (c *Config) validateListener() error {
@@ -415,15 +433,28 @@ func (c *Config) validateSeal() error {
 				return c.errAt(key+"."+f.name, "seal \"pkcs11\" needs %s; add %s = %q", f.name, f.name, f.example)
 			}
 		}
-		switch {
-		case p.PINFile != "" && p.PINEnv != "":
-			k := key + ".pin_env"
-			if c.pos[key+".pin_file"].Start.Line > c.pos[k].Start.Line {
-				k = key + ".pin_file"
+		var pinSources []string
+		for _, f := range []struct{ name, val string }{
+			{"pin_file", p.PINFile}, {"pin_env", p.PINEnv}, {"pin_credential", p.PINCredential},
+		} {
+			if f.val != "" {
+				pinSources = append(pinSources, f.name)
 			}
-			return c.errAt(k, "seal \"pkcs11\" has both pin_file and pin_env; keep one")
-		case p.PINFile == "" && p.PINEnv == "":
-			return c.errAt(key, "seal \"pkcs11\" needs the token PIN from pin_file or pin_env (the PIN is never accepted inline); add pin_file = \"/etc/coffer/hsm.pin\" or pin_env = \"COFFER_HSM_PIN\"")
+		}
+		switch {
+		case len(pinSources) > 1:
+			// Point at the later of the first two, the one most likely added
+			// by mistake.
+			k := key + "." + pinSources[1]
+			if c.pos[key+"."+pinSources[0]].Start.Line > c.pos[k].Start.Line {
+				k = key + "." + pinSources[0]
+			}
+			return c.errAt(k, "seal \"pkcs11\" has both %s and %s; keep one", pinSources[0], pinSources[1])
+		case len(pinSources) == 0:
+			return c.errAt(key, "seal \"pkcs11\" needs the token PIN from pin_file or pin_env, or from a systemd credential with pin_credential (the PIN is never accepted inline); add pin_file = \"/etc/coffer/hsm.pin\", pin_env = \"COFFER_HSM_PIN\" or pin_credential = \"hsm-pin\"")
+		}
+		if n := p.PINCredential; n != "" && !credentialNameRe.MatchString(n) {
+			return c.errAt(key+".pin_credential", "pin_credential %q is not a systemd credential name; use the ID of the unit's LoadCredential= or LoadCredentialEncrypted= line, e.g. \"hsm-pin\" (letters, digits, '.', '_', '-', '@', no '/')", n)
 		}
 	case SealTPM:
 		t := s.TPM

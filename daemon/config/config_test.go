@@ -191,6 +191,22 @@ seal "pkcs11" {
 			},
 		},
 		{
+			name: "pkcs11 pin_credential",
+			src: `node_id = "n1"
+seal "pkcs11" {
+  library = "/l.so"
+  token_label = "t"
+  key_label = "k"
+  pin_credential = "hsm-pin"
+}`,
+			check: func(t *testing.T, c *Config) {
+				p := c.Seal.PKCS11
+				if got, exp := p.PINCredential, "hsm-pin"; got != exp || p.PINFile != "" || p.PINEnv != "" {
+					t.Errorf("pkcs11 = %+v, want pin_credential %q only", p, exp)
+				}
+			},
+		},
+		{
 			name: "tpm device with pcrs",
 			src: `node_id = "n1"
 seal "tpm" {
@@ -451,6 +467,31 @@ func TestParseConfig_Bad(t *testing.T) {
 			name: "pkcs11 neither pin_file nor pin_env",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"k\"\n}\n",
 			want: `c.hcl:2: seal "pkcs11" needs the token PIN from pin_file or pin_env`,
+		},
+		{
+			name: "pkcs11 pin_credential and pin_file",
+			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_credential = \"hsm-pin\"\n  pin_file = \"/p\"\n}\n",
+			want: `c.hcl:7: seal "pkcs11" has both pin_file and pin_credential; keep one`,
+		},
+		{
+			name: "pkcs11 pin_env and pin_credential",
+			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_env = \"P\"\n  pin_credential = \"hsm-pin\"\n}\n",
+			want: `c.hcl:7: seal "pkcs11" has both pin_env and pin_credential; keep one`,
+		},
+		{
+			name: "pkcs11 pin_credential with a slash",
+			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_credential = \"../hsm.pin\"\n}\n",
+			want: `c.hcl:6: pin_credential "../hsm.pin" is not a systemd credential name`,
+		},
+		{
+			name: "pkcs11 pin_credential dot-dot",
+			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_credential = \"..\"\n}\n",
+			want: `c.hcl:6: pin_credential ".." is not a systemd credential name`,
+		},
+		{
+			name: "pkcs11 pin_file with ${CREDENTIALS_DIRECTORY}",
+			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_file = \"${CREDENTIALS_DIRECTORY}/hsm-pin\"\n}\n",
+			want: `c.hcl:6: pin_file cannot use variables such as ${CREDENTIALS_DIRECTORY}; for a systemd credential write pin_credential = "hsm-pin"`,
 		},
 		{
 			name: "pkcs11 inline pin refused",

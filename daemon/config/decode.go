@@ -42,15 +42,13 @@ var adminSchema = attrSchema("uids", "groups")
 var clusterSchema = attrSchema("addr", "advertise_addr", "bootstrap", "tls_cert_file", "tls_key_file", "tls_ca_file")
 
 // "pin" is in the schema only to refuse it with a message that says why.
-var pkcs11Schema = attrSchema("library", "token_label", "pin_file", "pin_env", "key_label", "generate_key", "pin")
+var pkcs11Schema = attrSchema("library", "token_label", "pin_file", "pin_env", "pin_credential", "key_label", "generate_key", "pin")
 
 var tpmSchema = attrSchema("device", "address", "pcrs")
 
 var softSchema = attrSchema("key_file")
 
 var kmsSchema = attrSchema("path", "key")
-
-var auditSchema = attrSchema("path")
 
 func attrSchema(names ...string) *hcl.BodySchema {
 	s := &hcl.BodySchema{}
@@ -186,9 +184,7 @@ func (d *decoder) root(body hcl.Body) {
 			b.str("path", &k.Path)
 			b.str("key", &k.Key)
 		case "audit":
-			a := &AuditConfig{}
-			c.Audit = a
-			d.body(blk, auditSchema, "audit").str("path", &a.Path)
+			d.audit(blk)
 		}
 	}
 }
@@ -245,13 +241,20 @@ func (d *decoder) seal(blk *hcl.Block) {
 		s.PKCS11 = p
 		b := d.body(blk, pkcs11Schema, key)
 		if a, ok := b.attrs["pin"]; ok {
-			d.errf(a.NameRange, "the HSM PIN is never accepted inline; use pin_file or pin_env")
+			d.errf(a.NameRange, "the HSM PIN is never accepted inline; use pin_file or pin_env, or pin_credential for a systemd credential")
+			return
+		}
+		if a, ok := b.attrs["pin_file"]; ok && len(a.Expr.Variables()) > 0 {
+			// The file has no variables; an operator who writes
+			// "${CREDENTIALS_DIRECTORY}/hsm-pin" wants a systemd credential.
+			d.errf(a.Range, "pin_file cannot use variables such as ${CREDENTIALS_DIRECTORY}; for a systemd credential write pin_credential = \"hsm-pin\" (read from $CREDENTIALS_DIRECTORY/hsm-pin), or give pin_file the full path, e.g. \"/run/credentials/cofferd.service/hsm-pin\"")
 			return
 		}
 		b.str("library", &p.Library)
 		b.str("token_label", &p.TokenLabel)
 		b.str("pin_file", &p.PINFile)
 		b.str("pin_env", &p.PINEnv)
+		b.str("pin_credential", &p.PINCredential)
 		b.str("key_label", &p.KeyLabel)
 		b.boolean("generate_key", &p.GenerateKey)
 	case SealTPM:

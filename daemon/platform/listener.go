@@ -69,7 +69,11 @@ func ListenUnix(path string, mode os.FileMode, group string) (net.Listener, erro
 		l.Close()
 		return nil, fmt.Errorf("cannot set mode %04o on %s: %w", uint32(mode), path, err)
 	}
-	if gid >= 0 {
+	// Skip the chown when the socket already has the group, as it does when
+	// cofferd runs as that group (the systemd unit: User=coffer,
+	// Group=coffer): its seccomp filter (~@privileged) refuses chown even
+	// where the kernel would allow it.
+	if gid >= 0 && !hasGroup(path, gid) {
 		if err := os.Chown(path, -1, gid); err != nil {
 			l.Close()
 			if errors.Is(err, fs.ErrPermission) {
@@ -79,6 +83,16 @@ func ListenUnix(path string, mode os.FileMode, group string) (net.Listener, erro
 		}
 	}
 	return l, nil
+}
+
+// hasGroup reports whether path's group is gid.
+func hasGroup(path string, gid int) bool {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	return ok && int(sys.Gid) == gid
 }
 
 func lookupGroupID(group string) (int, error) {

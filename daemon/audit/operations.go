@@ -1,0 +1,37 @@
+package audit
+
+// RequestOperations are the operation names of request entries. For an
+// endpoint that a policy operation governs it is that operation; for a
+// /v1/sys endpoint, its last path element (spec/API.md); the others have
+// names of their own. "rotate" is both a key's rotation (the entry names
+// the key) and the keyring's (POST /v1/sys/rotate, no key). A request to
+// an endpoint that does not exist is "unknown".
+var RequestOperations = []string{
+	// Policy operations (api.Operations).
+	"wrap", "unwrap", "rewrap", "datakey", "read", "create", "rotate", "update", "delete",
+	// GET /v1/keys, POST /v1/keys/{name}/restore.
+	"list", "restore",
+	// /v1/policies.
+	"policy-list", "policy-read", "policy-write", "policy-delete",
+	// /v1/sys/…: status, health and metrics are counted in metrics only.
+	"init", "unseal", "seal", "reseal", "rekey", "audit-hash", "status", "health", "metrics",
+	// /v1/sys/raft/…
+	"raft-peers", "raft-join", "raft-remove-peer", "raft-snapshot-save", "raft-snapshot-restore",
+	"unknown",
+}
+
+// EventOperations are the operation names of event entries: what the node
+// does or notices by itself (requests that change state are recorded as
+// requests; see docs/audit.md).
+var EventOperations = []string{
+	"start", "stop", // cofferd started (its audit log opened) / stopping
+	"init",               // the cluster was initialised (also the init request's entry)
+	"auto-unseal",        // the seal device unsealed the node
+	"break-glass-unseal", // Shamir shares unsealed a node that has a seal device
+	"rotate", "purge",    // scheduled key rotation, purge after the deletion window
+	"leadership",      // raft leadership changed
+	"unusual-access",  // an alert rule fired
+	"audit-reopened",  // the log file was reopened (SIGHUP)
+	"audit-recovered", // the log is writable again after a failure
+	"audit-log-cut",   // the log ended before the recorded head at start
+}
