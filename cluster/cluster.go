@@ -77,7 +77,8 @@ type Node struct {
 	trans raft.Transport
 	mux   *mux
 
-	fsm *fsm
+	fsm    *fsm
+	closed chan struct{} // closed by Close
 	// readTerm is the last term in which this node, as leader, committed a
 	// barrier, so that its commit index is current for reads (readIndex).
 	readTerm atomic.Uint64
@@ -111,7 +112,7 @@ func Open(cfg Config) (*Node, error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = cfg.Logger.Named("raft")
-	n := &Node{cfg: cfg, log: cfg.Logger, store: store, snaps: snaps}
+	n := &Node{cfg: cfg, log: cfg.Logger, store: store, snaps: snaps, closed: make(chan struct{})}
 
 	var addr raft.ServerAddress
 	bootstrap := true
@@ -242,6 +243,11 @@ func (n *Node) LeaderCh() <-chan bool { return n.raft.LeaderCh() }
 
 // Close shuts raft down and closes the stores.
 func (n *Node) Close() error {
+	select {
+	case <-n.closed:
+	default:
+		close(n.closed)
+	}
 	var err error
 	if n.raft != nil {
 		err = n.raft.Shutdown().Error()
@@ -479,4 +485,27 @@ func Recover(cfg Config, peers []Peer) error {
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = cfg.Logger.Named("raft")
 	return raft.RecoverCluster(rc, &fsm{sm: cfg.FSM, snaps: snaps}, store, store, snaps, trans, conf)
+}
+
+// OnLeaderChange calls fn (from a goroutine of its own, in order) with the
+// new leader's node id, "" while there is none, each time this node sees
+// the leadership change. It stops when the node closes.
+func (n *Node) OnLeaderChange(fn func(leaderID string)) {
+	ch := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(obs)
+	go func() {
+		defer n.raft.DeregisterObserver(obs)
+		for {
+			select {
+			case <-n.closed:
+				return
+			case o := <-ch:
+				fn(string(o.Data.(raft.LeaderObservation).LeaderID))
+			}
+		}
+	}()
 }

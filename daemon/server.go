@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -172,6 +173,10 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.auditEvent(&audit.Entry{Operation: "start", Detail: map[string]string{"version": s.version}})
+	// Leadership changes go to the audit log (and raft logs them too).
+	s.node.OnLeaderChange(func(id string) {
+		s.auditEvent(&audit.Entry{Operation: "leadership", Detail: map[string]string{"leader_id": id, "is_leader": strconv.FormatBool(id == cfg.NodeID)}})
+	})
 	s.seal = newSealDevice(cfg, log)
 	if s.seal != nil {
 		if _, err := s.seal.get(ctx); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -180,6 +181,12 @@ func TestE2E_Cluster_ThreeNodes(t *testing.T) {
 	lead.kill()
 	took := waitFor(t, "a new leader", 5*time.Second, func() bool { return c.leader(survivors...) != nil })
 	t.Logf("new leader after %v", took)
+	// The new leader recorded the change in its audit log.
+	newLead := c.leader(survivors...)
+	waitFor(t, "a leadership audit event", 5*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(newLead.dir, "data", "audit.log"))
+		return strings.Contains(string(data), `"operation":"leadership"`) && strings.Contains(string(data), `"is_leader":"true"`)
+	})
 	// Writes go on through either survivor.
 	for i, d := range survivors {
 		name := fmt.Sprintf("after%d", i)
