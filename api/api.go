@@ -67,8 +67,14 @@ var Operations = []string{OpWrap, OpUnwrap, OpRewrap, OpDatakey, OpRead, OpCreat
 
 // ValidName reports whether s is a valid key or policy name:
 // ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$.
-func ValidName(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
+func ValidName(s string) bool { return validIdent(s, 128) }
+
+// ValidNodeID reports whether s is a valid node id (config node_id, the
+// node of a cluster certificate): ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$.
+func ValidNodeID(s string) bool { return validIdent(s, 64) }
+
+func validIdent(s string, maxLen int) bool {
+	if len(s) == 0 || len(s) > maxLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

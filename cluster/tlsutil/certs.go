@@ -36,6 +36,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/coffer-kms/coffer/api"
 	"io/fs"
 	"math/big"
 	"net"
@@ -85,22 +86,8 @@ func (e *argError) Error() string        { return e.msg }
 func (e *argError) Is(target error) bool { return target == ErrInvalidArgument }
 
 // ValidNodeID reports whether id is a valid node id, the same rule as the
-// daemon's node_id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$.
-func ValidNodeID(id string) bool {
-	if len(id) == 0 || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case i > 0 && (c == '.' || c == '_' || c == '-'):
-		default:
-			return false
-		}
-	}
-	return true
-}
+// daemon's node_id.
+func ValidNodeID(id string) bool { return api.ValidNodeID(id) }
 
 const nodeIDRule = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
@@ -542,7 +529,7 @@ func readKey(path, what string) (crypto.Signer, error) {
 		}
 		return s, nil
 	}
-	return nil, fmt.Errorf("%s %s holds no PEM private key (-----BEGIN PRIVATE KEY-----)", what, path)
+	return nil, fmt.Errorf("%s %s holds no PEM private key block", what, path)
 }
 
 func fileError(what, path string, err error) error {

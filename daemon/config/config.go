@@ -265,8 +265,6 @@ func (c *Config) resolvePaths(base string) {
 	}
 }
 
-var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
 // credentialNameRe is what pin_credential accepts: a file name in
 // $CREDENTIALS_DIRECTORY, stricter than systemd's own rule (any valid file
 // name) so that it can never climb out of that directory or need quoting.
@@ -296,7 +294,7 @@ func (c *Config) Validate() error {
 	if c.NodeID == "" {
 		return c.errAt("node_id", "node_id is empty and the hostname is unavailable; set node_id")
 	}
-	if !nodeIDRe.MatchString(c.NodeID) {
+	if !api.ValidNodeID(c.NodeID) {
 		if _, set := c.pos["node_id"]; !set {
 			return c.errAt("node_id", "node_id defaults to the hostname %q, which is not a valid node id; set node_id (letters, digits, '.', '_', '-', up to 64, starting with a letter or digit)", c.NodeID)
 		}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/coffer-kms/coffer/api"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -102,7 +103,7 @@ func TestParseConfig_Defaults(t *testing.T) {
 	host, _ := os.Hostname()
 	c, err := ParseConfig(nil, testFile)
 	if err != nil {
-		if !nodeIDRe.MatchString(host) {
+		if !api.ValidNodeID(host) {
 			t.Skipf("this host's name %q is not a valid node id", host)
 		}
 		t.Fatalf("ParseConfig(empty): %v", err)
@@ -122,7 +123,7 @@ func TestParseConfig_Defaults(t *testing.T) {
 	if c.Cluster != nil || c.Seal != nil || c.KMSv2 != nil || c.Audit != nil || len(c.Admin.UIDs) != 0 || len(c.Admin.Groups) != 0 {
 		t.Errorf("optional blocks set in an empty config: %+v", c)
 	}
-	if err := DefaultConfig().Validate(); err != nil && nodeIDRe.MatchString(host) {
+	if err := DefaultConfig().Validate(); err != nil && api.ValidNodeID(host) {
 		t.Errorf("DefaultConfig().Validate() = %v", err)
 	}
 }
