@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/keystore/shamir"
@@ -32,8 +31,8 @@ func (e *env) rekeyCommand() *ucli.Command {
 	}, `coffer operator rekey --shares 5 --threshold 3        # prompts for the current shares
 coffer operator rekey --shares 3 --threshold 2 < current-shares.txt`, 0, 0, func(x *cmd) error {
 		n, t := x.c.Int("shares"), x.c.Int("threshold")
-		if n < 1 || n > 255 || t < 1 || t > n {
-			return usagef("--shares must be 1-255 and --threshold 1-shares, got %d and %d", n, t)
+		if n < 1 || n > 255 || t < 1 || t > n || (t == 1 && n > 1) {
+			return usagef("--shares must be 1-255 and --threshold 2-shares (or 1 with a single share), got %d and %d", n, t)
 		}
 		recipients := x.c.StringSlice("recipient")
 		if len(recipients) != 0 && len(recipients) != n {
@@ -69,7 +68,7 @@ coffer operator rekey --shares 3 --threshold 2 < current-shares.txt`, 0, 0, func
 // age-armored input with --identity.
 func (x *cmd) currentShares(t int) ([]string, error) {
 	if id := x.c.String("identity"); id != "" {
-		ids, err := os.ReadFile(id)
+		ids, err := readFileLimited(id, maxIdentityInput, "the --identity file")
 		if err != nil {
 			return nil, err
 		}
@@ -81,11 +80,11 @@ func (x *cmd) currentShares(t int) ([]string, error) {
 		defer clear(input)
 		identities, err := shamir.ParseIdentities(ids)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read the --identity file: %w", err)
 		}
 		shares, err := shamir.DecryptShares(input, identities)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("decrypt the shares with the --identity file: %w", err)
 		}
 		if len(shares) < t {
 			return nil, fmt.Errorf("rekey needs %d current shares, the input holds %d", t, len(shares))

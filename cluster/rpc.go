@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/coffer-kms/coffer/cluster/tlsutil"
 )
 
 // Node-to-node RPC: HTTP/1.1 over the mutual-TLS connections that the mux
@@ -40,7 +43,29 @@ func (n *Node) newRPCServer() *http.Server {
 	mux.HandleFunc("POST /rpc/join", n.rpcJoin)
 	mux.HandleFunc("POST /rpc/remove", n.rpcRemove)
 	mux.HandleFunc("POST /rpc/read-index", n.rpcReadIndex)
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil)}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil),
+		// The mux hands net/http a plainConn, so r.TLS is nil: keep the
+		// verified peer's TLS state for the handlers that need its node id.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(plainConn); ok {
+				if tc, ok := pc.Conn.(*tls.Conn); ok {
+					return context.WithValue(ctx, peerTLSKey{}, tc.ConnectionState())
+				}
+			}
+			return ctx
+		}}
+}
+
+type peerTLSKey struct{}
+
+// peerNodeID is the node id in the verified certificate of the peer that
+// sent r.
+func peerNodeID(r *http.Request) (string, error) {
+	cs, ok := r.Context().Value(peerTLSKey{}).(tls.ConnectionState)
+	if !ok {
+		return "", errors.New("no TLS peer")
+	}
+	return tlsutil.PeerNodeID(cs)
 }
 
 // rpcReadIndex answers the leader's commit index after confirming it still
@@ -149,6 +174,14 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	var req joinRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.ID == "" || req.Address == "" {
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "join needs the node id and its cluster address"})
+		return
+	}
+	// A node joins as itself: the id must be the one its certificate names,
+	// or any certificate holder could take over (remove and replace) a
+	// member by naming its id.
+	if id, err := peerNodeID(r); err != nil || id != req.ID {
+		n.log.Warn("join refused: the node id does not match the peer certificate", "node-id", req.ID, "cert-node-id", id, "error", err)
+		writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("a node may join only as the node its certificate names (%q), not %q", id, req.ID)})
 		return
 	}
 	if n.raft.State() != raft.Leader {

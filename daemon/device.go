@@ -151,9 +151,12 @@ func (d *sealDevice) reopen(ctx context.Context) (hsm.Device, error) {
 	dev := d.dev
 	// An operator asked for this: try the PIN (perhaps fixed) once more.
 	d.pinRefused = nil
+	// A device that holds a PIN the token refused reopens from the config,
+	// which reads the PIN again: Reopen would retry the old, refused one.
+	pinRefused := isPINRefusal(d.err)
 	d.mu.Unlock()
 	if dev != nil {
-		if r, ok := dev.(reopener); ok {
+		if r, ok := dev.(reopener); ok && !pinRefused {
 			err := r.Reopen(ctx)
 			d.mu.Lock()
 			d.err = err

@@ -9,7 +9,6 @@ import (
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster"
-	"github.com/coffer-kms/coffer/keystore"
 )
 
 // raftRoutes are the /v1/sys/raft/* endpoints. Join and peer listing work
@@ -66,7 +65,9 @@ func (s *Server) handleJoin(rc *reqCtx) error {
 		if errors.Is(err, cluster.ErrNoLeader) {
 			return err
 		}
-		return &httpError{http.StatusBadGateway, api.CodeInternal, err.Error()}
+		// The cluster could not be reached or refused: no leader took
+		// this node in.
+		return &httpError{http.StatusServiceUnavailable, api.CodeNoLeader, err.Error()}
 	}
 	s.log.Info("joined the cluster", "via", req.LeaderAddress)
 	writeJSON(rc.w, http.StatusOK, struct{}{})
@@ -112,7 +113,7 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 		}
 		return badRequest("reading the snapshot: %v", err)
 	}
-	if err := keystore.ValidateSnapshot(data); err != nil {
+	if err := s.ks.ValidateRestore(data); err != nil {
 		return badRequest("%v", err)
 	}
 	if err := s.node.Restore(bytes.NewReader(data), int64(len(data))); err != nil {

@@ -90,9 +90,11 @@ func (s *Server) resealAfterRekey() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	clusterID := s.ks.SealConfig().ClusterID
+	s.blobMu.Lock()
 	err := s.ks.RootKey(func(root []byte) error {
 		return s.sealWithDevice(ctx, clusterID, root)
 	})
+	s.blobMu.Unlock()
 	if err != nil {
 		s.log.Error("rekey: could not seal the new root key with this node's device; run `coffer operator reseal`", "error", err)
 		return

@@ -13,6 +13,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/keystore"
 	"github.com/coffer-kms/coffer/keystore/shamir"
@@ -111,6 +112,8 @@ func splitRoot(root []byte, shares, threshold int, recipients []age.Recipient) (
 // unsealed. Everything that can fail happens before the commit, so a failed
 // init leaves the node uninitialised and can simply be retried.
 func (s *Server) Initialize(ctx context.Context, shares, threshold int, recipients []age.Recipient) (api.InitResponse, error) {
+	s.initMu.Lock()
+	defer s.initMu.Unlock()
 	if s.ks.Initialized() {
 		return api.InitResponse{}, keystore.ErrAlreadyInitialized
 	}
@@ -128,16 +131,33 @@ func (s *Server) Initialize(ctx context.Context, shares, threshold int, recipien
 		return api.InitResponse{}, err
 	}
 	resp := api.InitResponse{Shares: encoded, Encrypted: len(recipients) > 0}
+	// The device seals into a staging file that replaces the node's blob
+	// only once the init has committed: a refused init (a node whose raft
+	// state is not replayed yet, a concurrent init) must not touch the blob
+	// this node already has.
+	staged := s.blobPath() + ".init"
 	if s.seal != nil {
-		if err := s.sealWithDevice(ctx, clusterID, root); err != nil {
+		if err := s.sealWithDeviceTo(ctx, staged, clusterID, root); err != nil {
+			os.Remove(staged)
 			return api.InitResponse{}, err
 		}
 	}
 	if err := s.ks.Init(ctx, root, clusterID, shares, threshold); err != nil {
 		if s.seal != nil {
-			os.Remove(s.blobPath())
+			if errors.Is(err, cluster.ErrNoLeader) {
+				// The outcome is unknown: the init may still commit, and
+				// then this file is the only copy of its root key.
+				s.log.Error("init: outcome unknown; keeping the device-sealed root key of the attempt", "path", staged, "cluster-id", clusterID)
+			} else {
+				os.Remove(staged)
+			}
 		}
 		return api.InitResponse{}, err
+	}
+	if s.seal != nil {
+		if err := os.Rename(staged, s.blobPath()); err != nil {
+			s.log.Error("init: cannot store the device-sealed root key; run `coffer operator reseal`", "error", err)
+		}
 	}
 	s.resetProgress()
 	s.setSealedReason("")
@@ -264,12 +284,14 @@ func (s *Server) handleReseal(rc *reqCtx) error {
 	}
 	dev, err := s.seal.reopen(rc.r.Context())
 	if err != nil {
-		return &httpError{http.StatusServiceUnavailable, api.CodeInternal, "the " + s.seal.kind + " seal device cannot be opened: " + err.Error()}
+		return &httpError{http.StatusInternalServerError, api.CodeInternal, "the " + s.seal.kind + " seal device cannot be opened: " + err.Error() + "; check the device and run `coffer operator reseal` again"}
 	}
 	sc := s.ks.SealConfig()
+	s.blobMu.Lock()
 	err = s.ks.RootKey(func(root []byte) error {
 		return s.sealWith(rc.r.Context(), dev, sc.ClusterID, root)
 	})
+	s.blobMu.Unlock()
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,10 @@ type Server struct {
 
 	audit *auditor // audit log, metrics, alert rules (audit_hook.go)
 
+	// initMu serialises Initialize, so that two inits never race on the
+	// node's seal blob.
+	initMu sync.Mutex
+
 	// unseal progress: parsed shares collected so far (zeroed on reset).
 	unsealMu     sync.Mutex
 	shares       [][]byte
@@ -87,6 +91,11 @@ type Server struct {
 	stop           chan struct{}
 	wg             sync.WaitGroup
 	closeOnce      sync.Once
+
+	// blobMu serialises reading the root key and writing the seal blob
+	// (reseal, and the reseal after a rekey), so that a slow device seal of
+	// an older root key never overwrites the blob of a newer one.
+	blobMu sync.Mutex
 }
 
 // New opens the node's state (raft under data_dir) and its seal device, and
@@ -246,15 +255,24 @@ type blobFile struct {
 
 // sealWithDevice wraps root with this node's device and stores the blob.
 func (s *Server) sealWithDevice(ctx context.Context, clusterID string, root []byte) error {
+	return s.sealWithDeviceTo(ctx, s.blobPath(), clusterID, root)
+}
+
+// sealWithDeviceTo is sealWithDevice writing the blob to path.
+func (s *Server) sealWithDeviceTo(ctx context.Context, path, clusterID string, root []byte) error {
 	dev, err := s.seal.get(ctx)
 	if err != nil {
 		return fmt.Errorf("opening the %s seal device: %w", s.seal.kind, err)
 	}
-	return s.sealWith(ctx, dev, clusterID, root)
+	return s.sealWithTo(ctx, dev, path, clusterID, root)
 }
 
 // sealWith wraps root with dev and stores the blob, replacing the old one.
 func (s *Server) sealWith(ctx context.Context, dev hsm.Device, clusterID string, root []byte) error {
+	return s.sealWithTo(ctx, dev, s.blobPath(), clusterID, root)
+}
+
+func (s *Server) sealWithTo(ctx context.Context, dev hsm.Device, path, clusterID string, root []byte) error {
 	b, err := dev.Seal(ctx, root, hsm.SealAAD(clusterID, s.cfg.NodeID))
 	if err != nil {
 		return fmt.Errorf("sealing the root key with the %s device: %w", s.seal.kind, err)
@@ -263,7 +281,7 @@ func (s *Server) sealWith(ctx context.Context, dev hsm.Device, clusterID string,
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(s.blobPath(), data, 0o600)
+	return writeFileAtomic(path, data, 0o600)
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {

@@ -263,6 +263,9 @@ func (ks *Keystore) Apply(b []byte) any {
 		ks.entries[c.Path] = *c.Entry
 		if ks.root != nil {
 			if err := ks.loadRecordLocked(c.Path, *c.Entry); err != nil {
+				// Never keep serving the previous version of the record
+				// (a key's old config, a policy's old grants).
+				ks.dropRecordLocked(c.Path)
 				ks.log.Error("cannot open a replicated record", "path", c.Path, "error", err)
 			}
 			if strings.HasPrefix(c.Path, "policies/") {
@@ -465,15 +468,23 @@ func (ks *Keystore) sealLocked() {
 	}
 }
 
-// RootKey calls fn with the root key while the node is unsealed (e.g. to
-// seal it with a device). fn must not keep or log the slice.
+// RootKey calls fn with a copy of the root key while the node is unsealed
+// (e.g. to seal it with a device). fn must not keep or log the slice. fn
+// runs without the keystore's lock: it may do slow device I/O, which must
+// not hold up Apply (and, behind a waiting Apply, every crypto request).
 func (ks *Keystore) RootKey(fn func(root []byte) error) error {
 	ks.mu.RLock()
-	defer ks.mu.RUnlock()
 	if ks.root == nil {
+		ks.mu.RUnlock()
 		return ErrSealed
 	}
-	return fn(ks.root.Bytes())
+	rb, err := lockedmem.Copy(ks.root.Bytes())
+	ks.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	defer rb.Destroy()
+	return fn(rb.Bytes())
 }
 
 // ---- rekey ----
@@ -751,15 +762,34 @@ func (ks *Keystore) SnapshotTo() func(io.Writer) error {
 // ValidateSnapshot checks that data is a snapshot this version can restore,
 // without touching any state.
 func ValidateSnapshot(data []byte) error {
+	_, err := validateSnapshot(data)
+	return err
+}
+
+func validateSnapshot(data []byte) (*Snapshot, error) {
 	var s Snapshot
 	if err := json.Unmarshal(data, &s); err != nil {
-		return fmt.Errorf("not a Coffer snapshot: %v", err)
+		return nil, fmt.Errorf("not a Coffer snapshot: %v", err)
 	}
 	if s.Format != 1 {
-		return fmt.Errorf("snapshot format %d is not supported by this version of cofferd", s.Format)
+		return nil, fmt.Errorf("snapshot format %d is not supported by this version of cofferd", s.Format)
 	}
 	if s.Seal == nil || len(s.Keyring) == 0 {
-		return errors.New("the snapshot holds no initialised cluster")
+		return nil, errors.New("the snapshot holds no initialised cluster")
+	}
+	return &s, nil
+}
+
+// ValidateRestore is ValidateSnapshot for a restore into this keystore: an
+// initialised cluster takes only its own snapshots, since another cluster's
+// state opens with none of its nodes' root keys and would seal them all.
+func (ks *Keystore) ValidateRestore(data []byte) error {
+	s, err := validateSnapshot(data)
+	if err != nil {
+		return err
+	}
+	if sc := ks.SealConfig(); sc != nil && sc.ClusterID != s.Seal.ClusterID {
+		return fmt.Errorf("the snapshot is of cluster %s, but this is cluster %s: restoring it would seal every node; restore it into fresh (uninitialised) nodes instead", s.Seal.ClusterID, sc.ClusterID)
 	}
 	return nil
 }
