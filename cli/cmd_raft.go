@@ -146,8 +146,9 @@ func (e *env) snapshotRestoreCommand() *ucli.Command {
 		Usage:     "replace the cluster state with a snapshot",
 		UsageText: "coffer operator raft snapshot restore FILE",
 		Description: "Installs the snapshot in FILE as the state of the whole cluster (run it on the\n" +
-			"leader). Every node then holds the snapshot's keys; nodes seal if the\n" +
-			"snapshot's root key differs from theirs, and unseal with the snapshot's shares.",
+			"leader). An initialised cluster takes only its own snapshots; restore another\n" +
+			"cluster's backup into a fresh, uninitialised node, then unseal it with the\n" +
+			"snapshot's shares.",
 	}, "coffer operator raft snapshot restore /backup/coffer.snap", 1, 1, func(x *cmd) error {
 		data, err := os.ReadFile(x.c.Args().First())
 		if err != nil {

@@ -125,7 +125,6 @@ func TestBench_Cluster(t *testing.T) {
 	t.Logf("snapshot save: %d bytes (%.1f MB) in %v", fi.Size(), float64(fi.Size())/1e6, time.Since(t0).Round(time.Millisecond))
 	fresh := newDaemon(t, "")
 	fresh.start()
-	fresh.mustCoffer("", "operator", "init", "--shares", "1", "--threshold", "1")
 	t0 = time.Now()
 	fresh.mustCoffer("", "operator", "raft", "snapshot", "restore", snap)
 	fresh.mustCoffer(strings.Join(shares[:2], "\n")+"\n", "operator", "unseal")

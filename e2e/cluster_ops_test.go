@@ -80,9 +80,16 @@ func TestE2E_Cluster_RekeySnapshotRestore(t *testing.T) {
 	if strings.Contains(string(data), secret1) || strings.Contains(string(data), `"app"`) {
 		t.Fatal("snapshot holds a plaintext or key metadata in clear")
 	}
+	// An initialised node of another cluster refuses it (a wrong backup);
+	// a fresh, uninitialised node takes it.
+	other := newDaemon(t, "")
+	other.start()
+	other.mustCoffer("", "operator", "init", "--shares", "1", "--threshold", "1")
+	if r := other.coffer("", -1, "operator", "raft", "snapshot", "restore", snap); r.code != 1 || !strings.Contains(r.stderr, api.CodeBadRequest) {
+		t.Fatalf("restore of another cluster's snapshot: exit %d %q", r.code, r.stderr)
+	}
 	fresh := newDaemon(t, "")
 	fresh.start()
-	fresh.mustCoffer("", "operator", "init", "--shares", "1", "--threshold", "1")
 	fresh.mustCoffer("", "operator", "raft", "snapshot", "restore", snap)
 	waitFor(t, "the restored node seals (another root key)", 10*time.Second, func() bool { return fresh.status().Sealed })
 	if st := fresh.status(); st.ClusterID != n1.status().ClusterID || st.Threshold != 3 {
