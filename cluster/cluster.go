@@ -43,6 +43,10 @@ type StateMachine interface {
 type Codec interface {
 	EncodeResponse(any) string
 	DecodeResponse(string) any
+	// Validate refuses a command that the state machine could never
+	// apply, before the leader appends it to the log (a faulty or hostile
+	// peer must not fill the log with entries every node refuses).
+	Validate(cmd []byte) error
 }
 
 // NetConfig is the cluster networking of a node (the config's cluster
@@ -220,8 +224,11 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	f := n.raft.Apply(cmd, timeout)
 	if err := f.Error(); err != nil {
 		switch {
-		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
-			errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
+		case errors.Is(err, raft.ErrLeadershipLost):
+			// The entry was appended and may still be committed by the
+			// next leader.
+			return nil, fmt.Errorf("%w: leadership was lost while the write was in flight; it may or may not have been applied, read before retrying", ErrNoLeader)
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
 			return nil, ErrNoLeader
 		}
 		return nil, fmt.Errorf("raft apply: %w", err)

@@ -76,3 +76,14 @@ func TestReview_JoinBindsCertificateNodeID(t *testing.T) {
 		t.Fatalf("honest join: %v", err)
 	}
 }
+
+// TestRPCApply_RefusesInvalidCommand: the leader does not append a
+// forwarded command its state machine could never apply.
+func TestRPCApply_RefusesInvalidCommand(t *testing.T) {
+	if err := (keystore.ResponseCodec{}).Validate([]byte(`{"f":1,"op":"explode"}`)); err == nil {
+		t.Fatal("Validate accepted an unknown command")
+	}
+	if err := (keystore.ResponseCodec{}).Validate([]byte(`{"f":1,"op":"delete","path":"keys/a","expect":1}`)); err != nil {
+		t.Fatalf("Validate refused a valid command: %v", err)
+	}
+}

@@ -148,6 +148,11 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: err.Error()})
 		return
 	}
+	if err := n.cfg.Codec.Validate(cmd); err != nil {
+		n.log.Warn("refusing a forwarded command that cannot be applied", "error", err)
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "invalid command: " + err.Error()})
+		return
+	}
 	if n.raft.State() != raft.Leader {
 		addr, _ := n.raft.LeaderWithID()
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
@@ -350,6 +355,9 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 				return nil, ErrNoLeader
 			}
 			continue
+		case status == http.StatusBadRequest:
+			// A bug on this side, not a cluster problem: say so.
+			return nil, fmt.Errorf("the leader refused the command: %s", out.Error)
 		case out.Error != "":
 			return nil, fmt.Errorf("%w: %s", ErrNoLeader, out.Error)
 		}

@@ -87,6 +87,11 @@ func (s *Server) resealAfterRekey() {
 	if s.seal == nil {
 		return
 	}
+	// Tracked, so that Close does not close the device under it.
+	s.goBackground(s.resealNewRoot)
+}
+
+func (s *Server) resealNewRoot() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	clusterID := s.ks.SealConfig().ClusterID

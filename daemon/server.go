@@ -89,6 +89,7 @@ type Server struct {
 	ln             net.Listener
 	http           *http.Server
 	stop           chan struct{}
+	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
 	closeOnce      sync.Once
 
@@ -442,7 +443,9 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
-		close(s.stop)
+		s.bgMu.Lock()
+		close(s.stop) // under bgMu: no background task starts after this
+		s.bgMu.Unlock()
 		if s.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			s.http.Shutdown(ctx)
@@ -534,3 +537,20 @@ func (s *Server) runSchedule() {
 
 // Status returns the node's status, as GET /v1/sys/status answers it.
 func (s *Server) Status() api.Status { return s.status() }
+
+// goBackground runs fn as a tracked background task unless the server is
+// closing, so that Close waits for it before closing the device and raft.
+func (s *Server) goBackground(fn func()) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	select {
+	case <-s.stop:
+		return
+	default:
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+}

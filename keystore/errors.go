@@ -87,6 +87,12 @@ func (ResponseCodec) EncodeResponse(v any) string {
 	return "corrupt:" + err.Error()
 }
 
+// Validate reports whether cmd is a command Apply can decode.
+func (ResponseCodec) Validate(cmd []byte) error {
+	_, err := DecodeCommand(cmd)
+	return err
+}
+
 // DecodeResponse is the inverse of EncodeResponse.
 func (ResponseCodec) DecodeResponse(s string) any {
 	if s == "" {
