@@ -316,26 +316,16 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-// autoUnsealLoop retries auto-unseal when the replicated state changes: a
+// retryAutoUnseal retries auto-unseal when the replicated state changed: a
 // node that joined, or restarted behind the others, gets the keyring only
 // after it starts.
-func (s *Server) autoUnsealLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		if s.manualSeal.Load() || !s.ks.Initialized() || !s.ks.Sealed() || s.ks.KeyringVersion() == s.unsealTried.Load() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		s.autoUnseal(ctx)
-		cancel()
+func (s *Server) retryAutoUnseal() {
+	if s.manualSeal.Load() || !s.ks.Initialized() || !s.ks.Sealed() || s.ks.KeyringVersion() == s.unsealTried.Load() {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.autoUnseal(ctx)
 }
 
 // autoUnseal unseals the node with its device when it has one and a blob.
@@ -415,12 +405,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
-	s.wg.Add(1)
-	go s.scheduler()
+	s.every(s.schedInterval, s.runSchedule)
 	if s.seal != nil {
-		s.wg.Add(2)
-		go s.deviceMonitor()
-		go s.autoUnsealLoop()
+		s.every(s.deviceInterval, s.checkDevice)
+		s.every(time.Second, s.retryAutoUnseal)
 	}
 	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
 	errc := make(chan error, 1)
@@ -468,42 +456,36 @@ func (s *Server) Keystore() *keystore.Keystore { return s.ks }
 
 // ---- scheduler ----
 
-// scheduler rotates keys whose rotation period passed and purges keys whose
-// deletion date passed. It runs on every node but acts only on the leader,
-// and each action re-checks inside its compare-and-set write, so a leader
-// change never rotates a key twice.
-func (s *Server) scheduler() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.schedInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
+// every runs fn every d until the server closes, as a tracked goroutine.
+func (s *Server) every(d time.Duration, fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+			fn()
 		}
-		s.runSchedule()
-	}
+	}()
 }
 
-// deviceMonitor checks the seal device periodically, so that status and
-// health report a device that went away while the node runs.
-func (s *Server) deviceMonitor() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.deviceInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		s.seal.checkHealth(ctx)
-		cancel()
-	}
+// checkDevice asks the seal device whether it still works, so that status
+// and health report a device that went away while the node runs.
+func (s *Server) checkDevice() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.seal.checkHealth(ctx)
 }
 
+// runSchedule rotates keys whose rotation period passed and purges keys
+// whose deletion date passed. It runs on every node but acts only on the
+// leader, and each action re-checks inside its compare-and-set write, so a
+// leader change never rotates a key twice.
 func (s *Server) runSchedule() {
 	if !s.node.IsLeader() || s.ks.Sealed() {
 		return
