@@ -15,9 +15,6 @@ import (
 // ---- key administration ----
 
 func (s *Server) handleListKeys(rc *reqCtx) error {
-	if err := s.node.Sync(rc.r.Context()); err != nil {
-		return err
-	}
 	names, err := s.ks.ListKeys()
 	if err != nil {
 		return err
@@ -61,9 +58,6 @@ func (s *Server) handleCreateKey(rc *reqCtx) error {
 }
 
 func (s *Server) handleGetKey(rc *reqCtx) error {
-	if err := s.node.Sync(rc.r.Context()); err != nil {
-		return err
-	}
 	k, err := s.ks.GetKey(rc.name)
 	if err != nil {
 		return err
@@ -423,9 +417,6 @@ func (s *Server) handleDataKey(rc *reqCtx) error {
 // ---- policies ----
 
 func (s *Server) handleListPolicies(rc *reqCtx) error {
-	if err := s.node.Sync(rc.r.Context()); err != nil {
-		return err
-	}
 	names, err := s.ks.ListPolicies()
 	if err != nil {
 		return err
@@ -435,9 +426,6 @@ func (s *Server) handleListPolicies(rc *reqCtx) error {
 }
 
 func (s *Server) handleGetPolicy(rc *reqCtx) error {
-	if err := s.node.Sync(rc.r.Context()); err != nil {
-		return err
-	}
 	p, err := s.ks.GetPolicy(rc.name)
 	if err != nil {
 		return err

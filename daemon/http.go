@@ -79,11 +79,11 @@ var (
 		"audit-hash": {"POST": {accessAdmin, "", (*Server).handleAuditHash}},
 	}
 	keysRoutes = map[string]route{
-		"GET":  {accessAuthed, "", (*Server).handleListKeys},
+		"GET":  {accessAuthed, "", synced((*Server).handleListKeys)},
 		"POST": {accessAuthed, api.OpCreate, (*Server).handleCreateKey}, // checked in the handler: the name is in the body
 	}
 	keyRoutes = map[string]route{
-		"GET":    {accessKey, api.OpRead, (*Server).handleGetKey},
+		"GET":    {accessKey, api.OpRead, synced((*Server).handleGetKey)},
 		"PATCH":  {accessKey, api.OpUpdate, (*Server).handleUpdateKey},
 		"DELETE": {accessKey, api.OpDelete, (*Server).handleDeleteKey},
 	}
@@ -96,14 +96,26 @@ var (
 		"datakey": {"POST": {accessKey, api.OpDatakey, (*Server).handleDataKey}},
 	}
 	policiesRoutes = map[string]route{
-		"GET": {accessAdmin, "", (*Server).handleListPolicies},
+		"GET": {accessAdmin, "", synced((*Server).handleListPolicies)},
 	}
 	policyRoutes = map[string]route{
-		"GET":    {accessAdmin, "", (*Server).handleGetPolicy},
+		"GET":    {accessAdmin, "", synced((*Server).handleGetPolicy)},
 		"PUT":    {accessAdmin, "", (*Server).handlePutPolicy},
 		"DELETE": {accessAdmin, "", (*Server).handleDeletePolicy},
 	}
 )
+
+// synced makes a read handler linearizable: the node first applies every
+// write the cluster committed before the request (cluster.Node.Sync), so a
+// read on any node sees what was acknowledged anywhere.
+func synced(h func(*Server, *reqCtx) error) func(*Server, *reqCtx) error {
+	return func(s *Server, rc *reqCtx) error {
+		if err := s.node.Sync(rc.r.Context()); err != nil {
+			return err
+		}
+		return h(s, rc)
+	}
+}
 
 // match finds the routes for a path and the name it carries.
 func match(path string) (routes map[string]route, name string) {
