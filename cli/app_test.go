@@ -148,7 +148,7 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{"unknown command", []string{"frobnicate"}, ExitUsage, `unknown command "frobnicate"`, 0},
 		{"unknown subcommand", []string{"key", "frob"}, ExitUsage, `unknown command "frob" for "coffer key"`, 0},
-		{"missing subcommand", []string{"operator"}, ExitUsage, "missing command (one of: init, unseal, seal, reseal, rotate, rekey, raft)", 0},
+		{"missing subcommand", []string{"operator"}, ExitUsage, "missing command (one of: init, unseal, seal, reseal, rotate, rekey, raft, enrol)", 0},
 		{"no command", nil, ExitUsage, "missing command", 0},
 		{"unknown flag", []string{"status", "--bogus"}, ExitUsage, "flag provided but not defined: -bogus", 0},
 		{"missing argument", []string{"key", "show"}, ExitUsage, "missing argument: coffer key show NAME", 0},

@@ -57,6 +57,7 @@ func (e *env) operatorCommand() *ucli.Command {
 			e.rotateCommand(),
 			e.rekeyCommand(),
 			e.raftCommand(),
+			e.enrolCommand(),
 		},
 	}, `coffer operator init --shares 5 --threshold 3
 coffer operator unseal`)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 
 	ucli "github.com/urfave/cli/v2"
 )
@@ -47,18 +48,41 @@ func (e *env) raftJoinCommand() *ucli.Command {
 	return e.newCmd(&ucli.Command{
 		Name:      "join",
 		Usage:     "join this node to a cluster",
-		UsageText: "coffer operator raft join LEADER_ADDR",
+		UsageText: "coffer operator raft join LEADER_ADDR [--token TOKEN|-]",
 		Description: "Asks the cluster member at LEADER_ADDR (its cluster address, host:port; any\n" +
 			"member works, a follower passes the request to the leader) to add this node\n" +
 			"as a voter. The node then receives the cluster's encrypted state and is\n" +
 			"unsealed by its device or by shares. Both nodes need certificates from the\n" +
-			"same cluster CA (coffer tls cert create).",
-	}, "coffer operator raft join 10.0.0.1:8201", 1, 1, func(x *cmd) error {
+			"same cluster CA (coffer tls cert create).\n" +
+			"Once the cluster is initialised, a node id that is not a member needs a\n" +
+			"one-time enrolment token for its id (coffer operator enrol token create\n" +
+			"--node ID on a member). --token - reads it from stdin, which keeps it out of\n" +
+			"the process list and shell history.",
+		Flags: []ucli.Flag{
+			&ucli.StringFlag{Name: "token", Usage: "enrolment `TOKEN` for this node (- reads it from stdin)"},
+		},
+	}, "coffer operator enrol token create --node node4 --format json | jq -r .token | ssh node4 coffer operator raft join 10.0.0.1:8201 --token -", 1, 1, func(x *cmd) error {
 		addr := x.c.Args().First()
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return usagef("LEADER_ADDR %q is not host:port (e.g. 10.0.0.1:8201)", addr)
 		}
-		return x.request(http.MethodPost, "/v1/sys/raft/join", map[string]string{"leader_address": addr}, nil, func() error {
+		token := x.c.String("token")
+		if token == "-" {
+			data, err := readAllSecret(x.stdin, 0, 4096)
+			if err != nil {
+				return fmt.Errorf("reading the token from stdin: %w", err)
+			}
+			token = strings.TrimSpace(string(data))
+			clear(data)
+			if token == "" {
+				return usagef("--token -: stdin was empty; pipe the token printed by 'coffer operator enrol token create'")
+			}
+		}
+		body := map[string]string{"leader_address": addr}
+		if token != "" {
+			body["token"] = token
+		}
+		return x.request(http.MethodPost, "/v1/sys/raft/join", body, nil, func() error {
 			_, err := fmt.Fprintf(x.stdout, "Joined the cluster via %s. Unseal this node (coffer operator unseal) unless its device does it.\n", addr)
 			return err
 		})

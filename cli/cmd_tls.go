@@ -144,7 +144,7 @@ func (e *env) tlsCertCreateCommand() *ucli.Command {
 	return e.newCmd(&ucli.Command{
 		Name:      "create",
 		Usage:     "make a node certificate for mutual TLS (server and client): DIR/ID.crt and DIR/ID.key",
-		UsageText: "coffer tls cert create --ca DIR --node ID [--ip IP]... [--dns NAME]... --out DIR [--days 825]",
+		UsageText: "coffer tls cert create --ca DIR --node ID [--ip IP]... [--dns NAME]... --out DIR [--days 365]",
 		Description: "Makes an ECDSA P-256 certificate for node ID, signed by the CA in DIR (ca.crt,\n" +
 			"ca.key from 'coffer tls ca create'), valid as TLS server and client, and writes\n" +
 			"DIR/ID.crt (0644) and DIR/ID.key (0600). It refuses to overwrite either file.\n" +

@@ -92,7 +92,7 @@ func TestTLS_Defaults(t *testing.T) {
 		file string
 		days float64
 	}{
-		{"ca.crt", 3650}, {"n1.crt", 825},
+		{"ca.crt", 3650}, {"n1.crt", 365},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -177,9 +177,9 @@ func TestTLS_Help(t *testing.T) {
 		{[]string{"tls", "--help"}, []string{"coffer tls ca create --out tls/", "--node node3 --ip 10.0.0.3"}},
 		{[]string{"tls", "ca", "create", "--help"}, []string{"coffer tls ca create --out DIR [--days 3650]", "--out DIR", "--days DAYS", "(default: 3650)", "keep it\n"}},
 		{[]string{"tls", "cert", "create", "--help"}, []string{
-			"coffer tls cert create --ca DIR --node ID [--ip IP]... [--dns NAME]... --out DIR [--days 825]",
+			"coffer tls cert create --ca DIR --node ID [--ip IP]... [--dns NAME]... --out DIR [--days 365]",
 			"coffer tls ca create --out tls/\n   coffer tls cert create --ca tls/ --node node1 --ip 10.0.0.1 --out tls/\n",
-			"--ip IP", "--dns NAME", "(default: 825)",
+			"--ip IP", "--dns NAME", "(default: 365)",
 		}},
 	}
 	for _, tt := range tests {

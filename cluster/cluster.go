@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -69,6 +70,15 @@ type Config struct {
 	Net     *NetConfig
 	// ApplyTimeout bounds one write once a leader is known (default 10s).
 	ApplyTimeout time.Duration
+	// Trust is the replicated trust state the cluster port follows (who is
+	// revoked, enrolment tokens); see trust.go.
+	Trust Trust
+	// OnRefused, if set, is told of refused connections and RPCs (already
+	// rate-limited), for the audit log.
+	OnRefused func(Refusal)
+	// OnMembership, if set, is told on the leader of each join ("join") and
+	// removal ("remove") it carried out, for the audit log.
+	OnMembership func(change, nodeID, address string)
 }
 
 // Node is one raft member.
@@ -89,6 +99,16 @@ type Node struct {
 	rpcSrv   *http.Server
 	rpcOnce  sync.Once
 	rpcHTTP  *http.Client
+
+	// Cluster-port admission (trust.go).
+	joinOnce      sync.Mutex // serialises joins on the leader
+	joinMu        sync.Mutex
+	joinedVia     map[string]bool // node ids this node asked to join it
+	refuseMu      sync.Mutex
+	refuseSeen    map[string]time.Time
+	refuseDropped atomic.Uint64
+	connMu        sync.Mutex
+	conns         map[net.Conn]tracked
 }
 
 // Open starts raft on cfg.DataDir, bootstrapping a single-voter cluster on
@@ -138,7 +158,7 @@ func Open(cfg Config) (*Node, error) {
 		// CommitTimeout (default 50 ms). A write forwarded by a follower
 		// waits for that before it answers, so keep it short.
 		rc.CommitTimeout = 5 * time.Millisecond
-		m, err := newMux(cfg.Net.BindAddr, cfg.Net.ServerTLS, cfg.Logger.Named("cluster"))
+		m, err := newMux(cfg.Net.BindAddr, cfg.Net.ServerTLS, cfg.Logger.Named("cluster"), n.gate)
 		if err != nil {
 			store.Close()
 			return nil, fmt.Errorf("listening on cluster address %s: %w", cfg.Net.BindAddr, err)
@@ -162,6 +182,11 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("starting raft: %w", err)
 	}
 	n.raft = r
+	if n.mux != nil {
+		// Only now: admission asks raft who the members are.
+		go n.sweepLoop()
+		n.mux.start()
+	}
 	has, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
 		n.Close()
@@ -378,8 +403,22 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 	if !found {
 		return fmt.Errorf("%w: %q is not a member of this cluster (see `coffer operator raft list-peers`)", ErrNoSuchPeer, id)
 	}
+	// Revoke first (a replicated write): the leader carries out only a
+	// removal whose revocation is committed, and from then on the node's
+	// current certificate is refused once it has left the configuration.
+	if n.cfg.Trust != nil {
+		if err := n.cfg.Trust.RevokeNode(ctx, id); err != nil {
+			return fmt.Errorf("revoking node %s: %w", id, err)
+		}
+	}
 	if n.raft.State() == raft.Leader {
-		return n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error()
+		if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+			return err
+		}
+		if n.cfg.OnMembership != nil {
+			n.cfg.OnMembership("remove", id, "")
+		}
+		return nil
 	}
 	if n.cfg.Net == nil {
 		return ErrNoLeader

@@ -66,13 +66,13 @@ func TestReview_JoinBindsCertificateNodeID(t *testing.T) {
 	}
 	// node2's certificate, claiming to be node1.
 	impostor := netNode(t, tlsDir, "node2", "node1", false)
-	err := impostor.Join(ctx, leader.cfg.Net.AdvertiseAddr)
+	err := impostor.Join(ctx, leader.cfg.Net.AdvertiseAddr, "")
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		peers, _ := leader.Peers()
 		t.Fatalf("join under another node's id: err %v, peers now %+v", err, peers)
 	}
 	good := netNode(t, tlsDir, "node2", "node2", false)
-	if err := good.Join(ctx, leader.cfg.Net.AdvertiseAddr); err != nil {
+	if err := good.Join(ctx, leader.cfg.Net.AdvertiseAddr, ""); err != nil {
 		t.Fatalf("honest join: %v", err)
 	}
 }

@@ -28,27 +28,34 @@ type applyResponse struct {
 	Index    uint64 `json:"index"`           // the log index it was applied at
 	Leader   string `json:"leader"`          // set with errNotLeader: who to ask instead
 	Error    string `json:"error,omitempty"` // "not_leader", or a failure to commit
+	Code     string `json:"code,omitempty"`  // "invalid_token" on a join refused for its token
 }
 
 type joinRequest struct {
 	ID      string `json:"id"`
 	Address string `json:"address"`
+	// Token is the enrolment token (needed once the cluster is
+	// initialised, for a node id that is not a member at this address).
+	Token string `json:"token,omitempty"`
 }
 
 const errNotLeader = "not_leader"
 
 func (n *Node) newRPCServer() *http.Server {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /rpc/apply", n.rpcApply)
+	// Every route but join is for current members only (trust.go); join
+	// decides itself (joinAuth).
+	mux.HandleFunc("POST /rpc/apply", n.member(n.rpcApply))
 	mux.HandleFunc("POST /rpc/join", n.rpcJoin)
-	mux.HandleFunc("POST /rpc/remove", n.rpcRemove)
-	mux.HandleFunc("POST /rpc/read-index", n.rpcReadIndex)
+	mux.HandleFunc("POST /rpc/remove", n.member(n.rpcRemove))
+	mux.HandleFunc("POST /rpc/read-index", n.member(n.rpcReadIndex))
+	mux.HandleFunc("/", n.member(http.NotFound))
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil),
 		// The mux hands net/http a plainConn, so r.TLS is nil: keep the
 		// verified peer's TLS state for the handlers that need its node id.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(plainConn); ok {
-				if tc, ok := pc.Conn.(*tls.Conn); ok {
+				if tc, ok := pc.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok {
 					return context.WithValue(ctx, peerTLSKey{}, tc.ConnectionState())
 				}
 			}
@@ -184,9 +191,10 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	// A node joins as itself: the id must be the one its certificate names,
 	// or any certificate holder could take over (remove and replace) a
 	// member by naming its id.
-	if id, err := peerNodeID(r); err != nil || id != req.ID {
-		n.log.Warn("join refused: the node id does not match the peer certificate", "node-id", req.ID, "cert-node-id", id, "error", err)
-		writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("a node may join only as the node its certificate names (%q), not %q", id, req.ID)})
+	p, err := peerOfRequest(r)
+	if err != nil || p.id != req.ID {
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: fmt.Sprintf("join as %q with a certificate for %q", req.ID, p.id)})
+		writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("a node may join only as the node its certificate names (%q), not %q", p.id, req.ID)})
 		return
 	}
 	if n.raft.State() != raft.Leader {
@@ -194,13 +202,31 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 		return
 	}
+	// One join at a time: two joiners must not both pass the address
+	// check before either is added.
+	n.joinOnce.Lock()
+	defer n.joinOnce.Unlock()
+	if status, err := n.joinAuth(r.Context(), p, req.ID, req.Address, req.Token); err != nil {
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: err.Error()})
+		out := applyResponse{Error: err.Error()}
+		if errors.Is(err, ErrInvalidToken) {
+			out.Code = codeInvalidToken
+		}
+		writeRPC(w, status, out)
+		return
+	}
 	if err := n.addVoter(req.ID, req.Address); err != nil {
 		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
 		return
 	}
 	n.log.Info("node joined the cluster", "node-id", req.ID, "address", req.Address)
+	if n.cfg.OnMembership != nil {
+		n.cfg.OnMembership("join", req.ID, req.Address)
+	}
 	writeRPC(w, http.StatusOK, applyResponse{Index: n.raft.LastIndex()})
 }
+
+const codeInvalidToken = "invalid_token"
 
 func (n *Node) rpcRemove(w http.ResponseWriter, r *http.Request) {
 	id, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 256))
@@ -213,15 +239,28 @@ func (n *Node) rpcRemove(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 		return
 	}
+	// A removal is carried out only once its revocation is committed in
+	// the replicated state (RemovePeer does that first): a member's
+	// certificate alone cannot remove others.
+	if n.cfg.Trust != nil {
+		if !n.cfg.Trust.RemovalCommitted(string(id)) {
+			writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("node %s is not revoked in the replicated state: remove it with `coffer operator raft remove-peer %s`", id, id)})
+			return
+		}
+	}
 	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
 		return
 	}
 	n.log.Info("node removed from the cluster", "node-id", string(id))
+	if n.cfg.OnMembership != nil {
+		n.cfg.OnMembership("remove", string(id), "")
+	}
 	writeRPC(w, http.StatusOK, applyResponse{})
 }
 
-// addVoter adds (or re-adds at a new address) a voter. The leader only.
+// addVoter adds (or re-adds at a new address) a voter. The leader only,
+// after joinAuth admitted it (which refuses another member's address).
 func (n *Node) addVoter(id, addr string) error {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
@@ -231,7 +270,7 @@ func (n *Node) addVoter(id, addr string) error {
 		if s.ID == raft.ServerID(id) && s.Address == raft.ServerAddress(addr) {
 			return nil // already a member: joining twice is harmless
 		}
-		if s.ID == raft.ServerID(id) || s.Address == raft.ServerAddress(addr) {
+		if s.ID == raft.ServerID(id) {
 			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
 				return fmt.Errorf("replacing member %s: %w", s.ID, err)
 			}
@@ -293,6 +332,7 @@ func (n *Node) rpcClient() *http.Client {
 				if err != nil {
 					return nil, &dialError{err}
 				}
+				n.noteDialed(c)
 				return plainConn{c}, nil
 			},
 			MaxIdleConnsPerHost: 8,
@@ -406,11 +446,11 @@ func (n *Node) lastCommandAtOrBefore(index uint64) uint64 {
 
 // Join asks the cluster member at addr (any member: a follower passes the
 // request on) to add this node as a voter.
-func (n *Node) Join(ctx context.Context, addr string) error {
+func (n *Node) Join(ctx context.Context, addr, token string) error {
 	if n.cfg.Net == nil {
 		return errors.New("this node has no cluster block in its config: add one (addr, TLS files) and restart it before joining")
 	}
-	body, _ := json.Marshal(joinRequest{ID: n.cfg.NodeID, Address: n.cfg.Net.AdvertiseAddr})
+	body, _ := json.Marshal(joinRequest{ID: n.cfg.NodeID, Address: n.cfg.Net.AdvertiseAddr, Token: token})
 	for attempt := 0; attempt < 10; attempt++ {
 		out, status, err := n.call(ctx, addr, "/rpc/join", body)
 		if err != nil {
@@ -427,6 +467,10 @@ func (n *Node) Join(ctx context.Context, addr string) error {
 				return ErrNoLeader
 			}
 			continue
+		case out.Code == codeInvalidToken:
+			return &tokenError{out.Error}
+		case status == http.StatusForbidden:
+			return fmt.Errorf("%w: %s", ErrForbidden, out.Error)
 		}
 		return fmt.Errorf("the leader refused the join: %s", out.Error)
 	}

@@ -30,24 +30,29 @@ type mux struct {
 
 	raft *chanListener
 	rpc  *chanListener
+	// gate admits an accepted connection for a protocol (trust.go): it
+	// returns the connection to serve, or nil after refusing it.
+	gate func(c *tls.Conn, proto string, hsErr error) net.Conn
 
 	closeOnce sync.Once
 	done      chan struct{}
 }
 
-func newMux(bind string, srvTLS *tls.Config, log hclog.Logger) (*mux, error) {
+func newMux(bind string, srvTLS *tls.Config, log hclog.Logger, gate func(*tls.Conn, string, error) net.Conn) (*mux, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, err
 	}
 	cfg := srvTLS.Clone()
 	cfg.NextProtos = []string{alpnRaft, alpnRPC}
-	m := &mux{ln: ln, srvTLS: cfg, log: log, done: make(chan struct{})}
+	m := &mux{ln: ln, srvTLS: cfg, log: log, gate: gate, done: make(chan struct{})}
 	m.raft = newChanListener(ln.Addr(), m.done)
 	m.rpc = newChanListener(ln.Addr(), m.done)
-	go m.serve()
 	return m, nil
 }
+
+// start accepts connections (once the node can decide who is a member).
+func (m *mux) start() { go m.serve() }
 
 func (m *mux) serve() {
 	for {
@@ -73,24 +78,32 @@ func (m *mux) handshake(c net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		m.log.Warn("cluster handshake refused", "remote", c.RemoteAddr().String(), "error", err)
+		m.gate(tc, "", err) // refused: reported there
 		c.Close()
 		return
 	}
 	var dst *chanListener
-	var conn net.Conn = tc
-	switch tc.ConnectionState().NegotiatedProtocol {
+	proto := tc.ConnectionState().NegotiatedProtocol
+	switch proto {
 	case alpnRaft:
 		dst = m.raft
 	case alpnRPC:
-		// net/http would see the *tls.Conn, find no handler for our ALPN
-		// protocol and hang up: hand it plain HTTP/1.1 over the
-		// authenticated stream instead.
-		dst, conn = m.rpc, plainConn{tc}
+		dst = m.rpc
 	default:
 		m.log.Warn("cluster connection without a known protocol", "remote", c.RemoteAddr().String())
 		tc.Close()
 		return
+	}
+	conn := m.gate(tc, proto, nil)
+	if conn == nil {
+		tc.Close()
+		return
+	}
+	if proto == alpnRPC {
+		// net/http would see the *tls.Conn, find no handler for our ALPN
+		// protocol and hang up: hand it plain HTTP/1.1 over the
+		// authenticated stream instead.
+		conn = plainConn{conn}
 	}
 	select {
 	case dst.ch <- conn:

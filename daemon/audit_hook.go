@@ -346,6 +346,17 @@ func operationFor(method, path string) string {
 			}
 			return "unknown"
 		}
+		if r, ok := strings.CutPrefix(rest, "enrol/tokens"); ok {
+			switch {
+			case r == "" && method == http.MethodPost:
+				return "enrol-token-create"
+			case r == "":
+				return "enrol-token-list"
+			case strings.HasPrefix(r, "/") && len(r) > 1 && !strings.Contains(r[1:], "/"):
+				return "enrol-token-revoke"
+			}
+			return "unknown"
+		}
 		if sysOperations[rest] {
 			return rest
 		}

@@ -51,6 +51,7 @@ func (s *Server) handleListPeers(rc *reqCtx) error {
 
 type joinRequest struct {
 	LeaderAddress string `json:"leader_address"`
+	Token         string `json:"token,omitempty"`
 }
 
 func (s *Server) handleJoin(rc *reqCtx) error {
@@ -61,9 +62,16 @@ func (s *Server) handleJoin(rc *reqCtx) error {
 	if req.LeaderAddress == "" {
 		return badRequest(`leader_address is required: the cluster address (host:port) of any member`)
 	}
-	if err := s.node.Join(rc.r.Context(), req.LeaderAddress); err != nil {
-		if errors.Is(err, cluster.ErrNoLeader) {
+	err := s.node.Join(rc.r.Context(), req.LeaderAddress, req.Token)
+	rc.au.setDetail("leader_address", truncate(req.LeaderAddress))
+	if err != nil {
+		switch {
+		case errors.Is(err, cluster.ErrNoLeader):
 			return err
+		case errors.Is(err, cluster.ErrInvalidToken):
+			return &httpError{http.StatusBadRequest, api.CodeInvalidToken, err.Error()}
+		case errors.Is(err, cluster.ErrForbidden):
+			return &httpError{http.StatusForbidden, api.CodePermissionDenied, err.Error()}
 		}
 		// The cluster could not be reached or refused: no leader took
 		// this node in.

@@ -129,6 +129,9 @@ func match(path string) (routes map[string]route, name string) {
 		if strings.HasPrefix(rest, "raft/") {
 			return matchRaft(rest)
 		}
+		if strings.HasPrefix(rest, "enrol/") {
+			return matchEnrol(rest)
+		}
 		return sysRoutes[rest], ""
 	case "keys":
 		if rest == "" {
@@ -289,6 +292,8 @@ func toAPIError(err error) (int, api.ErrorDetail, bool) {
 		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeDecryptFailed, Message: msg}, true
 	case errors.Is(err, keystore.ErrInvalid):
 		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeBadRequest, Message: msg}, true
+	case errors.Is(err, keystore.ErrInvalidToken):
+		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeInvalidToken, Message: msg}, true
 	case errors.Is(err, keystore.ErrNotFound):
 		return http.StatusNotFound, api.ErrorDetail{Code: api.CodeNotFound, Message: msg}, true
 	case errors.Is(err, keystore.ErrAlreadyExists):

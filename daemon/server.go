@@ -59,7 +59,9 @@ type Server struct {
 
 	ks   *keystore.Keystore
 	node *cluster.Node
-	seal *sealDevice // nil: Shamir only
+	// auditReady: s.audit is set (cluster events may arrive before).
+	auditReady atomic.Bool
+	seal       *sealDevice // nil: Shamir only
 
 	admins   *auth.Admins
 	policies atomic.Pointer[auth.PolicySet]
@@ -146,7 +148,8 @@ func New(opts Options) (*Server, error) {
 		},
 		OnRootChange: s.resealAfterRekey,
 	})
-	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{}}
+	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{},
+		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership}
 	if c := cfg.Cluster; c != nil {
 		srvTLS, err := tlsutil.ServerConfig(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile)
 		if err != nil {
@@ -182,6 +185,7 @@ func New(opts Options) (*Server, error) {
 		s.node.Close()
 		return nil, err
 	}
+	s.auditReady.Store(true)
 	s.auditEvent(&audit.Entry{Operation: "start", Detail: map[string]string{"version": s.version}})
 	// Leadership changes go to the audit log (and raft logs them too).
 	s.node.OnLeaderChange(func(id string) {

@@ -135,7 +135,7 @@ func TestBench_Cluster(t *testing.T) {
 	n4 := c.addNode(t, "node4", false)
 	t0 = time.Now()
 	n4.start()
-	n4.mustCoffer("", "operator", "raft", "join", c.addrs[0])
+	joinWithToken(t, lead, n4, c.addrs[0])
 	waitFor(t, "node4 receives the state", 120*time.Second, func() bool { return n4.status().Initialized })
 	n4.mustCoffer(strings.Join(shares[:2], "\n")+"\n", "operator", "unseal")
 	waitFor(t, "node4 has every key", 120*time.Second, func() bool {

@@ -888,7 +888,7 @@ func TestE2E_Cluster_Membership(t *testing.T) {
 	ct := wrapHTTP(t, orig[2], "mk", secret1)
 
 	n4.start()
-	n4.mustCoffer("", "operator", "raft", "join", c.addrs[1]) // via any member
+	joinWithToken(t, orig[0], n4, c.addrs[1]) // via any member, with a token
 	waitFor(t, "node4 receives the cluster state", 10*time.Second, func() bool { return n4.status().Initialized })
 	n4.unsealWith(shares[2:5])
 	checkUnwrap(t, n4, "mk", ct, secret1)

@@ -25,7 +25,7 @@ func startCluster(t *testing.T, n, shares, threshold int) (*testCluster, []strin
 	for _, d := range c.nodes[1:] {
 		d := d
 		d.start()
-		d.mustCoffer("", "operator", "raft", "join", c.addrs[0])
+		joinWithToken(t, c.nodes[0], d, c.addrs[0]) // after init: with a token
 		waitFor(t, d.nodeID+" receives the state", 10*time.Second, func() bool { return d.status().Initialized })
 		d.mustCoffer(strings.Join(ir.Shares[:threshold], "\n")+"\n", "operator", "unseal")
 	}

@@ -120,7 +120,7 @@ func TestE2E_Cluster_ThreeNodes(t *testing.T) {
 	var ir api.InitResponse
 	json.Unmarshal([]byte(n1.mustCoffer("", "--format", "json", "operator", "init", "--shares", "5", "--threshold", "3")), &ir)
 	shares := ir.Shares
-	n3.mustCoffer("", "operator", "raft", "join", c.addrs[1]) // via a follower
+	joinWithToken(t, n1, n3, c.addrs[1]) // via a follower, with a token (after init)
 	for _, d := range []*daemon{n2, n3} {
 		d := d
 		waitFor(t, d.nodeID+" receives the cluster state", 10*time.Second, func() bool { return d.status().Initialized })

@@ -71,6 +71,8 @@ var codecErrors = map[string]error{
 	"conflict":            ErrConflict,
 	"already_initialized": ErrAlreadyInitialized,
 	"not_initialized":     ErrNotInitialized,
+	"invalid_token":       ErrInvalidToken,
+	"not_found":           ErrNotFound,
 }
 
 // EncodeResponse turns nil or an Apply error into a string.

@@ -83,6 +83,7 @@ type Keystore struct {
 	keyring        []byte // encrypted keyring
 	keyringVersion uint64
 	entries        map[string]Entry
+	trust          *clusterState // enrolment tokens and the deny list (enrol.go)
 
 	// Unsealed view.
 	root     *lockedmem.Buf
@@ -138,6 +139,8 @@ type command struct {
 	// keyring term, so that every unsealed node switches to it at once.
 	RootWrap []byte `json:"root_wrap,omitempty"`
 	Term     uint32 `json:"term,omitempty"`
+	// Enrol is the body of opEnrol (enrol.go).
+	Enrol *enrolCmd `json:"enrol,omitempty"`
 }
 
 // DecodeCommand parses an encoded command. It is exported for fuzzing and
@@ -175,6 +178,13 @@ func DecodeCommand(b []byte) (*command, error) {
 	case opDelete:
 		if c.Path == "" {
 			return nil, fmt.Errorf("%w: delete command without path", ErrCorrupt)
+		}
+	case opEnrol:
+		if c.Enrol == nil {
+			return nil, fmt.Errorf("%w: enrol command without body", ErrCorrupt)
+		}
+		if err := c.Enrol.validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
 	default:
 		return nil, fmt.Errorf("%w: unknown command %q", ErrCorrupt, c.Op)
@@ -283,6 +293,8 @@ func (ks *Keystore) Apply(b []byte) any {
 			ks.dropRecordLocked(c.Path)
 		}
 		return nil
+	case opEnrol:
+		return ks.applyEnrolLocked(c.Enrol)
 	}
 	return nil
 }
@@ -584,6 +596,8 @@ type Snapshot struct {
 	Keyring        []byte           `json:"keyring"`
 	KeyringVersion uint64           `json:"keyring_version"`
 	Entries        map[string]Entry `json:"entries"`
+	// Trust: enrolment tokens and the deny list (absent in older snapshots).
+	Trust *clusterState `json:"trust,omitempty"`
 }
 
 // Snapshot copies the replicated state. It is quick (a map copy; the entries'
@@ -593,6 +607,9 @@ func (ks *Keystore) Snapshot() *Snapshot {
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
 	s := &Snapshot{Format: 1, Keyring: ks.keyring, KeyringVersion: ks.keyringVersion, Entries: make(map[string]Entry, len(ks.entries))}
+	if ks.trust != nil {
+		s.Trust = ks.trust.clone()
+	}
 	if ks.seal != nil {
 		sc := *ks.seal
 		s.Seal = &sc
@@ -644,6 +661,7 @@ func (ks *Keystore) Restore(r io.Reader) error {
 	}
 	ks.sealLocked()
 	ks.seal, ks.keyring, ks.keyringVersion, ks.entries = s.Seal, s.Keyring, s.KeyringVersion, s.Entries
+	ks.trust = s.Trust
 	if root != nil && ks.seal != nil {
 		if err := ks.unsealLocked(root); err != nil {
 			ks.log.Warn("restored state does not open with this node's root key; node stays sealed", "error", err)

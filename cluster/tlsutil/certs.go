@@ -56,7 +56,12 @@ const (
 // Defaults and limits of certificate lifetimes, in days.
 const (
 	DefaultCADays   = 3650
-	DefaultCertDays = 825
+	DefaultCertDays = 365
+	// NodeCertBackdate is how far a node certificate's NotBefore lies
+	// before its issue (tolerating clocks a little behind). The cluster
+	// takes NotBefore+NodeCertBackdate as the time of issue when it
+	// decides whether a removed node's certificate predates the removal.
+	NodeCertBackdate = time.Minute
 	// MaxDays bounds --days so that a typo (36500000) is caught instead of
 	// producing a certificate some verifiers reject.
 	MaxDays = 36500
@@ -261,9 +266,12 @@ func CreateNodeCert(caDir, nodeID string, ips []net.IP, dnsNames []string, outDi
 		return "", "", err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: nodeID, Organization: []string{"Coffer"}},
-		NotBefore:             now.Add(-time.Hour),
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: nodeID, Organization: []string{"Coffer"}},
+		// Only NodeCertBackdate back (the CA takes an hour): the cluster
+		// reads NotBefore+NodeCertBackdate as the time of issue, to tell a
+		// removed node's old certificates from its new ones.
+		NotBefore:             now.Add(-NodeCertBackdate),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},

@@ -11,11 +11,14 @@ import (
 	"time"
 )
 
-// curvePreferences lists the key exchanges a cluster connection may use,
-// the post-quantum hybrid first. Since Go 1.24 crypto/tls ignores the order
-// and applies its own preference (which also puts X25519MLKEM768 first);
-// the list restricts the set. GODEBUG=tlsmlkem=0 removes the hybrid.
-var curvePreferences = []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256}
+// curvePreferences is the one key exchange a cluster connection may use:
+// the post-quantum hybrid X25519MLKEM768. Both ends are Coffer, so there is
+// no classical-only peer to stay compatible with, and offering X25519 or
+// P-256 as well would let an active attacker who can break them (later, with
+// a quantum computer, on recorded traffic) pick the weaker one. A peer that
+// offers no hybrid share fails the handshake. (GODEBUG=tlsmlkem=0 removes
+// the hybrid and therefore breaks cluster connections: do not set it.)
+var curvePreferences = []tls.CurveID{tls.X25519MLKEM768}
 
 // ServerConfig returns the tls.Config of the accepting end of a
 // node-to-node connection: TLS 1.3 only, the node certificate and key from

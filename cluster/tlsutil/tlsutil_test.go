@@ -576,7 +576,7 @@ func TestCreateNodeCert(t *testing.T) {
 	if c.IsCA || c.KeyUsage != x509.KeyUsageDigitalSignature || len(c.ExtKeyUsage) != 2 {
 		t.Errorf("usage: IsCA %v, KeyUsage %v, ExtKeyUsage %v", c.IsCA, c.KeyUsage, c.ExtKeyUsage)
 	}
-	if c.SerialNumber.Sign() <= 0 || c.SerialNumber.BitLen() > 128 || !c.NotBefore.Equal(now.Add(-time.Hour).Truncate(time.Second)) {
+	if c.SerialNumber.Sign() <= 0 || c.SerialNumber.BitLen() > 128 || !c.NotBefore.Equal(now.Add(-time.Minute).Truncate(time.Second)) {
 		t.Errorf("serial %v, NotBefore %v", c.SerialNumber, c.NotBefore)
 	}
 	if !c.NotAfter.Equal(now.AddDate(0, 0, 90).Truncate(time.Second)) {
@@ -739,4 +739,25 @@ func snapshot(t *testing.T, dir string) string {
 		fmt.Fprintf(&b, "%s %x\n", e.Name(), sha256.Sum256(data))
 	}
 	return b.String()
+}
+
+// TestConnect_ClassicalOnlyRefused: a peer with a valid certificate that
+// offers only classical key exchanges (X25519, P-256) is refused: cluster
+// connections are X25519MLKEM768 only (issue 9). Both directions.
+func TestConnect_ClassicalOnlyRefused(t *testing.T) {
+	p := newPKI(t, time.Now())
+	c1, k1 := p.node("node1", time.Now(), DefaultCertDays)
+	c2, k2 := p.node("node2", time.Now(), DefaultCertDays)
+	for _, curves := range [][]tls.CurveID{{tls.X25519}, {tls.CurveP256}, {tls.X25519, tls.CurveP256, tls.CurveP384}} {
+		cli := mustClient(t, c2, k2, p.ca())
+		cli.CurvePreferences = curves
+		if r := connect(t, mustServer(t, c1, k1, p.ca()), cli); r.srvErr == nil || r.cliErr == nil {
+			t.Errorf("classical-only client %v: server %v, client %v (want both refused)", curves, r.srvErr, r.cliErr)
+		}
+		srv := mustServer(t, c1, k1, p.ca())
+		srv.CurvePreferences = curves
+		if r := connect(t, srv, mustClient(t, c2, k2, p.ca())); r.srvErr == nil || r.cliErr == nil {
+			t.Errorf("classical-only server %v: server %v, client %v (want both refused)", curves, r.srvErr, r.cliErr)
+		}
+	}
 }

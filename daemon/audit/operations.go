@@ -17,6 +17,8 @@ var RequestOperations = []string{
 	"init", "unseal", "seal", "reseal", "rekey", "audit-hash", "status", "health", "metrics",
 	// /v1/sys/raft/…
 	"raft-peers", "raft-join", "raft-remove-peer", "raft-snapshot-save", "raft-snapshot-restore",
+	// /v1/sys/enrol/tokens…
+	"enrol-token-create", "enrol-token-list", "enrol-token-revoke",
 	"unknown",
 }
 
@@ -30,6 +32,8 @@ var EventOperations = []string{
 	"break-glass-unseal", // Shamir shares unsealed a node that has a seal device
 	"rotate", "purge",    // scheduled key rotation, purge after the deletion window
 	"leadership",      // raft leadership changed
+	"membership",      // the leader added or removed a member (issue 9)
+	"cluster-refused", // a peer was refused at the cluster port (rate-limited)
 	"unusual-access",  // an alert rule fired
 	"audit-reopened",  // the log file was reopened (SIGHUP)
 	"audit-recovered", // the log is writable again after a failure

@@ -1,0 +1,370 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/coffer-kms/coffer/cluster/tlsutil"
+)
+
+// Who may talk on the cluster port (issue 9). A certificate of the cluster
+// CA only proves that the CA signed it; what a peer may do depends on the
+// node id it names:
+//
+//   - a current member (in the raft configuration) whose certificate is not
+//     revoked gets raft and every node RPC;
+//   - any other certificate gets one RPC, join, which the leader grants only
+//     before init or with an enrolment token issued for that node id;
+//   - a revoked certificate (its node id was removed after the certificate
+//     was issued) gets nothing: the handshake is completed, then the
+//     connection is closed before a byte is read.
+//
+// hashicorp/raft's NetworkTransport does not tell its RPC consumer which
+// connection a request came from (and heartbeats bypass the consumer), so
+// the check is made where connections are accepted, and every accepted
+// connection is re-checked whenever membership may have changed (sweep):
+// a removed member's open raft and RPC connections are closed.
+
+// Trust is the replicated trust state that the cluster port follows (the
+// keystore implements it). A nil Trust admits every member and lets any
+// certificate join (tests of this package).
+type Trust interface {
+	// Initialized reports whether the cluster has been initialised: from
+	// then on a new node id joins only with an enrolment token.
+	Initialized() bool
+	// NodeRevoked reports whether nodeID's certificate issued at issued
+	// is revoked.
+	NodeRevoked(nodeID string, issued time.Time) bool
+	// UseEnrolToken uses up token for nodeID through a raft write (called
+	// on the leader while it admits a joiner).
+	UseEnrolToken(ctx context.Context, nodeID, token string) error
+	// RevokeNode commits nodeID on the deny list (before its removal).
+	RevokeNode(ctx context.Context, nodeID string) error
+	// RevokedAt reports when nodeID was put on the deny list.
+	RevokedAt(nodeID string) (time.Time, bool)
+	// RemovalCommitted reports whether nodeID's revocation was committed
+	// after it was last admitted (the leader removes only such nodes).
+	RemovalCommitted(nodeID string) bool
+}
+
+// Refusal is one refused connection or RPC, for the audit log.
+type Refusal struct {
+	Remote string // the peer's address
+	NodeID string // the node id its certificate names ("" if none)
+	What   string // "raft", "rpc", "handshake" or an RPC path
+	Reason string
+}
+
+// ErrInvalidToken is how a join refused for its token is reported to the
+// joining node (400 invalid_token on its API).
+var ErrInvalidToken = errors.New("the leader refused the enrolment token")
+
+// ErrForbidden: the cluster refused this node (not a member, revoked).
+var ErrForbidden = errors.New("the cluster refused this node")
+
+// peer identity of an accepted connection.
+type peerInfo struct {
+	id   string
+	leaf *x509.Certificate
+}
+
+func peerOf(cs tls.ConnectionState) (peerInfo, error) {
+	id, err := tlsutil.PeerNodeID(cs)
+	if err != nil {
+		return peerInfo{}, err
+	}
+	return peerInfo{id: id, leaf: cs.VerifiedChains[0][0]}, nil
+}
+
+// isMember reports whether id is in this node's raft configuration, or,
+// while that is empty (a node waiting to be joined), one of the nodes it
+// asked to join it (the leader then adds it and starts replicating).
+func (n *Node) isMember(id string) bool {
+	if n.raft == nil {
+		return false
+	}
+	servers := n.raft.GetConfiguration().Configuration().Servers
+	for _, s := range servers {
+		if string(s.ID) == id {
+			return true
+		}
+	}
+	if len(servers) == 0 {
+		n.joinMu.Lock()
+		defer n.joinMu.Unlock()
+		return n.joinedVia[id]
+	}
+	return false
+}
+
+func (n *Node) revoked(p peerInfo) bool {
+	return n.cfg.Trust != nil && n.cfg.Trust.NodeRevoked(p.id, issuedAt(p.leaf))
+}
+
+// issuedAt is when `coffer tls cert create` made the certificate: it
+// backdates NotBefore by tlsutil.NodeCertBackdate.
+func issuedAt(leaf *x509.Certificate) time.Time {
+	return leaf.NotBefore.Add(tlsutil.NodeCertBackdate)
+}
+
+// admit decides at accept time whether a connection for proto may be
+// served; "" when it may.
+func (n *Node) admit(p peerInfo, proto string) string {
+	if n.revoked(p) {
+		return "the node was removed from the cluster after its certificate was issued"
+	}
+	if proto == alpnRaft && !n.isMember(p.id) {
+		return "not a member of the cluster"
+	}
+	return ""
+}
+
+// refused logs (rate-limited per node id and reason) and reports a refusal.
+func (n *Node) refused(r Refusal) {
+	key := r.NodeID + "\x00" + r.What + "\x00" + r.Reason
+	n.refuseMu.Lock()
+	if n.refuseSeen == nil {
+		n.refuseSeen = map[string]time.Time{}
+	}
+	now := time.Now()
+	last, seen := n.refuseSeen[key]
+	quiet := seen && now.Sub(last) < refuseEvery
+	if !quiet {
+		n.refuseSeen[key] = now
+		if len(n.refuseSeen) > 4096 {
+			// A flood of distinct ids: forget old ones rather than grow.
+			for k, t := range n.refuseSeen {
+				if now.Sub(t) >= refuseEvery {
+					delete(n.refuseSeen, k)
+				}
+			}
+		}
+	}
+	n.refuseMu.Unlock()
+	if quiet {
+		n.refuseDropped.Add(1)
+		return
+	}
+	n.log.Warn("cluster peer refused", "remote", r.Remote, "cert-node-id", r.NodeID, "what", r.What, "reason", r.Reason, "refusals-not-logged", n.refuseDropped.Swap(0))
+	if n.cfg.OnRefused != nil {
+		n.cfg.OnRefused(r)
+	}
+}
+
+// refuseEvery: one log line and audit entry per node id, path and reason
+// in this interval; the rest are counted (a flood cannot fill the disk).
+const refuseEvery = 10 * time.Second
+
+// member wraps an RPC handler that only current, unrevoked members may
+// call.
+func (n *Node) member(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := peerOfRequest(r)
+		reason := ""
+		switch {
+		case err != nil:
+			reason = err.Error()
+		case n.revoked(p):
+			reason = "the node was removed from the cluster after its certificate was issued"
+		case !n.isMember(p.id):
+			reason = "not a member of the cluster"
+		}
+		if reason != "" {
+			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: reason})
+			writeRPC(w, http.StatusForbidden, applyResponse{Error: "forbidden: " + reason})
+			return
+		}
+		h(w, r)
+	}
+}
+
+func peerOfRequest(r *http.Request) (peerInfo, error) {
+	cs, ok := r.Context().Value(peerTLSKey{}).(tls.ConnectionState)
+	if !ok {
+		return peerInfo{}, errors.New("no TLS peer")
+	}
+	return peerOf(cs)
+}
+
+// tracked is an accepted connection and whom it belongs to.
+type tracked struct {
+	peer  peerInfo
+	proto string
+}
+
+func (n *Node) track(c net.Conn, p peerInfo, proto string) {
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	if n.conns == nil {
+		n.conns = map[net.Conn]tracked{}
+	}
+	n.conns[c] = tracked{peer: p, proto: proto}
+}
+
+func (n *Node) untrack(c net.Conn) {
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	delete(n.conns, c)
+}
+
+// sweep closes accepted connections whose peer may no longer use them: a
+// revoked certificate, or a raft connection from a node that is no longer a
+// member. (RPC connections of non-members are kept: each request is checked
+// again, and join is open to them.)
+func (n *Node) sweep() {
+	n.connMu.Lock()
+	var drop []net.Conn
+	for c, t := range n.conns {
+		if n.admit(t.peer, t.proto) != "" {
+			drop = append(drop, c)
+			delete(n.conns, c)
+		}
+	}
+	n.connMu.Unlock()
+	for _, c := range drop {
+		c.Close()
+	}
+	if len(drop) > 0 {
+		n.log.Info("closed connections of a peer that is no longer admitted", "connections", len(drop))
+	}
+}
+
+// sweepLoop re-checks open connections every sweepEvery and whenever the
+// raft configuration changes.
+func (n *Node) sweepLoop() {
+	ch := make(chan raft.Observation, 4)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.PeerObservation, raft.LeaderObservation:
+			return true
+		}
+		return false
+	})
+	n.raft.RegisterObserver(obs)
+	defer n.raft.DeregisterObserver(obs)
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.closed:
+			return
+		case <-ch:
+		case <-t.C:
+		}
+		n.sweep()
+	}
+}
+
+const sweepEvery = 250 * time.Millisecond
+
+// trackedConn untracks itself when closed.
+type trackedConn struct {
+	net.Conn
+	n    *Node
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.n.untrack(c) })
+	return c.Conn.Close()
+}
+
+// joinAuth decides on the leader whether id may join at addr; it uses up
+// the token when one is needed. It returns the HTTP status and error of a
+// refusal.
+func (n *Node) joinAuth(ctx context.Context, p peerInfo, id, addr, token string) (int, error) {
+	if n.revoked(p) {
+		at, _ := n.cfg.Trust.RevokedAt(id)
+		return http.StatusForbidden, fmt.Errorf("node %s was removed at %s: it may join again only with a certificate issued after that (`coffer tls cert create`) and a new enrolment token", id, at.UTC().Format(time.RFC3339))
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return http.StatusServiceUnavailable, err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == id && string(s.Address) == addr {
+			return 0, nil // a member re-joining from its own address
+		}
+		if string(s.ID) != id && string(s.Address) == addr {
+			return http.StatusConflict, fmt.Errorf("address %s belongs to member %s: a node may not take over another member's address (remove %s first: `coffer operator raft remove-peer %s`)", addr, s.ID, s.ID, s.ID)
+		}
+	}
+	if n.cfg.Trust == nil || !n.cfg.Trust.Initialized() {
+		return 0, nil // before init nothing is protected yet (spec/API.md)
+	}
+	if token == "" {
+		return http.StatusBadRequest, &tokenError{fmt.Sprintf("the cluster is initialised: node %s needs an enrolment token to join (an admin runs `coffer operator enrol token create --node %s`, then `coffer operator raft join ADDR --token -`)", id, id)}
+	}
+	if err := n.cfg.Trust.UseEnrolToken(ctx, id, token); err != nil {
+		if errors.Is(err, ErrNoLeader) {
+			return http.StatusServiceUnavailable, err
+		}
+		return http.StatusBadRequest, &tokenError{err.Error()}
+	}
+	return 0, nil
+}
+
+// gate is the mux's admission check (see the top of this file). hsErr is a
+// failed handshake's error (reported, nothing served).
+func (n *Node) gate(tc *tls.Conn, proto string, hsErr error) net.Conn {
+	remote := tc.RemoteAddr().String()
+	if hsErr != nil {
+		n.refused(Refusal{Remote: remote, What: "handshake", Reason: hsErr.Error()})
+		return nil
+	}
+	p, err := peerOf(tc.ConnectionState())
+	if err != nil {
+		n.refused(Refusal{Remote: remote, What: proto, Reason: err.Error()})
+		return nil
+	}
+	if reason := n.admit(p, proto); reason != "" {
+		n.refused(Refusal{Remote: remote, NodeID: p.id, What: proto, Reason: reason})
+		return nil
+	}
+	c := &trackedConn{Conn: tc, n: n}
+	n.track(c, p, proto)
+	return c
+}
+
+// ConnectionState lets the RPC server find the peer's certificate.
+func (c *trackedConn) ConnectionState() tls.ConnectionState {
+	return c.Conn.(*tls.Conn).ConnectionState()
+}
+
+// noteDialed remembers the node id of a peer this node called while its
+// raft configuration is empty: it is asking to be joined, and the leader it
+// reaches will start replicating to it (isMember).
+func (n *Node) noteDialed(c net.Conn) {
+	if n.raft == nil || len(n.raft.GetConfiguration().Configuration().Servers) > 0 {
+		return
+	}
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	id, err := tlsutil.PeerNodeID(tc.ConnectionState())
+	if err != nil {
+		return
+	}
+	n.joinMu.Lock()
+	defer n.joinMu.Unlock()
+	if n.joinedVia == nil {
+		n.joinedVia = map[string]bool{}
+	}
+	n.joinedVia[id] = true
+}
+
+// tokenError is a join refused for its token (errors.Is ErrInvalidToken).
+type tokenError struct{ msg string }
+
+func (e *tokenError) Error() string        { return e.msg }
+func (e *tokenError) Is(target error) bool { return target == ErrInvalidToken }
