@@ -41,6 +41,7 @@ FUZZ_TARGETS := \
 	./keystore/shamir:FuzzCombine \
 	./keystore:FuzzParseCiphertext \
 	./keystore:FuzzDecodeCommand \
+	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine

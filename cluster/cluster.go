@@ -102,6 +102,8 @@ type Node struct {
 
 	// Cluster-port admission (trust.go).
 	joinOnce      sync.Mutex // serialises joins on the leader
+	handOffMu     sync.Mutex
+	lastHandOff   time.Time
 	joinMu        sync.Mutex
 	joinedVia     map[string]bool // node ids this node asked to join it
 	refuseMu      sync.Mutex

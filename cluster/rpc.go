@@ -49,6 +49,7 @@ func (n *Node) newRPCServer() *http.Server {
 	mux.HandleFunc("POST /rpc/join", n.rpcJoin)
 	mux.HandleFunc("POST /rpc/remove", n.member(n.rpcRemove))
 	mux.HandleFunc("POST /rpc/read-index", n.member(n.rpcReadIndex))
+	mux.HandleFunc("POST /rpc/seal-state", n.member(n.rpcSealState))
 	mux.HandleFunc("/", n.member(http.NotFound))
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil),
 		// The mux hands net/http a plainConn, so r.TLS is nil: keep the
@@ -165,6 +166,22 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 		return
 	}
+	// Only commands authenticated by the keyring enter the log (trust.go):
+	// a sealed leader cannot tell, so it hands leadership over and the
+	// follower retries with the next leader.
+	if n.leaderSealed() {
+		n.handOff()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader})
+		return
+	}
+	if v, ok := n.cfg.FSM.(CommandVerifier); ok {
+		if err := v.VerifyCommand(cmd); err != nil {
+			p, _ := peerOfRequest(r)
+			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "command refused: " + err.Error()})
+			writeRPC(w, http.StatusForbidden, applyResponse{Error: "command refused: " + err.Error()})
+			return
+		}
+	}
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		// Only ErrNotLeader means the entry was never appended, so that the
@@ -200,6 +217,13 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	if n.raft.State() != raft.Leader {
 		addr, _ := n.raft.LeaderWithID()
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	// Admitting a node after init is an authenticated write (the token is
+	// used up): a sealed leader hands over and the joiner retries.
+	if n.leaderSealed() {
+		n.handOff()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader})
 		return
 	}
 	// One join at a time: two joiners must not both pass the address

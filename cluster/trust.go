@@ -261,6 +261,9 @@ func (n *Node) sweepLoop() {
 		case <-t.C:
 		}
 		n.sweep()
+		if n.leaderSealed() {
+			n.handOff()
+		}
 	}
 }
 
@@ -368,3 +371,65 @@ type tokenError struct{ msg string }
 
 func (e *tokenError) Error() string        { return e.msg }
 func (e *tokenError) Is(target error) bool { return target == ErrInvalidToken }
+
+// CommandVerifier is implemented by a StateMachine that authenticates
+// commands (the keystore): the leader checks a forwarded command before it
+// appends it, so that a member's certificate alone cannot fill the log.
+type CommandVerifier interface {
+	VerifyCommand(cmd []byte) error
+}
+
+// SealState is implemented by a StateMachine that can be sealed: a sealed
+// leader of an initialised cluster cannot authenticate commands and hands
+// leadership to another member.
+type SealState interface {
+	Initialized() bool
+	Sealed() bool
+}
+
+func (n *Node) leaderSealed() bool {
+	ss, ok := n.cfg.FSM.(SealState)
+	return ok && n.raft.State() == raft.Leader && ss.Initialized() && ss.Sealed()
+}
+
+// handOff transfers leadership to a member that reports itself unsealed
+// (rpcSealState), at most every handOffEvery. If none is, leadership
+// stays: passing it among sealed members would only churn elections.
+func (n *Node) handOff() {
+	n.handOffMu.Lock()
+	defer n.handOffMu.Unlock()
+	if time.Since(n.lastHandOff) < handOffEvery || len(n.raft.GetConfiguration().Configuration().Servers) < 2 {
+		return
+	}
+	n.lastHandOff = time.Now()
+	go func() {
+		for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+			if string(s.ID) == n.cfg.NodeID || s.Suffrage != raft.Voter {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			out, status, err := n.call(ctx, string(s.Address), "/rpc/seal-state", nil)
+			cancel()
+			if err != nil || status != http.StatusOK || out.Response != "unsealed" {
+				continue
+			}
+			n.log.Info("this leader is sealed and cannot authenticate commands: handing leadership to an unsealed member", "to", s.ID)
+			if err := n.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
+				n.log.Warn("leadership transfer failed", "to", s.ID, "error", err)
+				continue
+			}
+			return
+		}
+	}()
+}
+
+// rpcSealState tells a member whether this node can authenticate commands.
+func (n *Node) rpcSealState(w http.ResponseWriter, r *http.Request) {
+	state := "unsealed"
+	if ss, ok := n.cfg.FSM.(SealState); ok && ss.Sealed() {
+		state = "sealed"
+	}
+	writeRPC(w, http.StatusOK, applyResponse{Response: state})
+}
+
+const handOffEvery = 5 * time.Second

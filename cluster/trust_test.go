@@ -35,7 +35,7 @@ func (tn *trustNode) refusals() []Refusal {
 	return slices.Clone(tn.refusal)
 }
 
-func newTrustNode(t *testing.T, tlsDir, id string, bootstrap bool) *trustNode {
+func newTrustNode(t testing.TB, tlsDir, id string, bootstrap bool) *trustNode {
 	t.Helper()
 	srv, cli := nodeTLS(t, tlsDir, id)
 	addr := freeAddr(t)
@@ -53,7 +53,7 @@ func newTrustNode(t *testing.T, tlsDir, id string, bootstrap bool) *trustNode {
 	return tn
 }
 
-func nodeTLS(t *testing.T, tlsDir, id string) (srv, cli *tls.Config) {
+func nodeTLS(t testing.TB, tlsDir, id string) (srv, cli *tls.Config) {
 	t.Helper()
 	crt, key, ca := filepath.Join(tlsDir, id+".crt"), filepath.Join(tlsDir, id+".key"), filepath.Join(tlsDir, "ca.crt")
 	srv, err := tlsutil.ServerConfig(crt, key, ca)
@@ -170,6 +170,9 @@ func TestTrust_OnlyMembersTalk(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTrue(t, "node2 has the init", n2.ks.Initialized)
+	if err := n2.ks.Unseal(root); err != nil {
+		t.Fatal(err)
+	}
 
 	// The intruder: a valid certificate, never a member.
 	cmd := []byte(`{"f":1,"op":"delete","path":"keys/a","expect":1}`)

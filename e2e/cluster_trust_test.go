@@ -243,3 +243,73 @@ func TestE2E_Cluster_CertificateAloneChangesNothing(t *testing.T) {
 		t.Errorf("peers after node3 is back: %v", p)
 	}
 }
+
+// TestE2E_Cluster_SealedMemberChangesNothing (issue 9): a member that is
+// sealed holds a valid certificate but no root key. Its hand-made commands
+// (a key delete skipping the deletion window, a keyring overwrite, a
+// revocation of another member), sent to the leader, are refused, and no
+// node's state changes; the refusal is audited on the leader. A sealed
+// leader hands leadership to an unsealed member, and writes keep working.
+func TestE2E_Cluster_SealedMemberChangesNothing(t *testing.T) {
+	c := newCluster(t, 3)
+	bootCluster(c, 3)
+	lead, _ := waitLeader(t, c.nodes, 10*time.Second)
+	lead.mustCoffer("", "key", "create", "victim")
+	before := waitConverged(t, c.nodes, 10*time.Second)
+	var sealed *daemon
+	for _, d := range c.nodes {
+		if d != lead {
+			sealed = d
+			break
+		}
+	}
+	sealed.mustCoffer("", "operator", "seal")
+	thief := newPeerClient(t, c.tlsDir, sealed.nodeID)
+	leadAddr := c.addrs[slicesIndex(c.nodes, lead)]
+	for name, cmd := range map[string]string{
+		"delete":          `{"f":1,"op":"delete","path":"keys/victim","expect":1}`,
+		"delete, bad mac": `{"f":2,"mac":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","cmd":{"f":1,"op":"delete","path":"keys/victim","expect":1}}`,
+		"keyring":         `{"f":1,"op":"keyring","expect":1,"keyring":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`,
+		"revoke a member": `{"f":1,"op":"enrol","enrol":{"do":"deny","node_id":"` + lead.nodeID + `","now":"2030-01-01T00:00:00Z"}}`,
+	} {
+		if st, out := thief.rpc(leadAddr, "/rpc/apply", []byte(cmd)); st != http.StatusForbidden {
+			t.Errorf("%s from a sealed member: %d %s", name, st, out)
+		}
+	}
+	if r := sealed.coffer("", -1, "key", "delete", "victim"); r.code == 0 {
+		t.Error("a sealed node deleted a key")
+	}
+	after := waitConverged(t, without(c.nodes, sealed), 10*time.Second)
+	if len(after) != len(before) || after["victim"] != before["victim"] {
+		t.Errorf("state changed: %v → %v", before, after)
+	}
+	for _, d := range c.nodes {
+		if st := d.status(); !st.Initialized {
+			t.Errorf("%s: %+v", d.nodeID, st)
+		}
+	}
+	if p := listPeers(t, lead); len(p) != 3 {
+		t.Errorf("peers: %v", p)
+	}
+	if ops := auditOps(t, lead); ops["cluster-refused"] == 0 {
+		t.Errorf("no refusal in the leader's audit log: %v", ops)
+	}
+
+	// Seal the leader: it hands over to an unsealed member.
+	lead.mustCoffer("", "operator", "seal")
+	waitFor(t, "an unsealed member leads", 15*time.Second, func() bool {
+		st := lead.status()
+		return !st.IsLeader && st.LeaderID != "" && st.LeaderID != lead.nodeID
+	})
+	writer := without(c.nodes, lead, sealed)[0]
+	writer.mustCoffer("", "key", "create", "after-handoff")
+}
+
+func slicesIndex(ds []*daemon, d *daemon) int {
+	for i, x := range ds {
+		if x == d {
+			return i
+		}
+	}
+	return -1
+}

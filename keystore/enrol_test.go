@@ -36,14 +36,18 @@ func TestEnrolTokens(t *testing.T) {
 	if strings.Contains(snap.String(), strings.TrimPrefix(tok, TokenPrefix+info.ID+"-")) {
 		t.Fatal("the snapshot holds the token")
 	}
-	for _, bad := range []struct{ node, token string }{
+	flipped := tok[:len(tok)-1] + "A"
+	if tok[len(tok)-1] == 'A' {
+		flipped = tok[:len(tok)-1] + "B"
+	}
+	for i, bad := range []struct{ node, token string }{
 		{"node5", tok}, // another node's
-		{"node4", tok[:len(tok)-1] + "A"},
+		{"node4", flipped},
 		{"node4", "coffer-enrol-nonsense"},
 		{"node4", ""},
 	} {
 		if err := ks.UseEnrolToken(ctx, bad.node, bad.token); !errors.Is(err, ErrInvalidToken) {
-			t.Errorf("use %+v: %v", bad, err)
+			t.Errorf("use %d (node %s): %v", i, bad.node, err)
 		}
 	}
 	if err := ks.UseEnrolToken(ctx, "node4", tok); err != nil {
@@ -55,7 +59,7 @@ func TestEnrolTokens(t *testing.T) {
 	// Two uses proposed concurrently (both passed the local check): the
 	// second to be applied loses.
 	tok2, info2, _ := ks.IssueEnrolToken(ctx, "node6", time.Hour)
-	use := encodeCommand(&command{Op: opEnrol, Enrol: &enrolCmd{Do: "use", ID: info2.ID, Hash: tokenHash(tok2), NodeID: "node6", Now: clk.now()}})
+	use := signed(t, ks, &command{Op: opEnrol, Enrol: &enrolCmd{Do: "use", ID: info2.ID, Hash: tokenHash(tok2), NodeID: "node6", Now: clk.now()}})
 	if r := ks.Apply(use); r != nil {
 		t.Fatalf("first apply: %v", r)
 	}

@@ -73,6 +73,7 @@ var codecErrors = map[string]error{
 	"not_initialized":     ErrNotInitialized,
 	"invalid_token":       ErrInvalidToken,
 	"not_found":           ErrNotFound,
+	"unauthenticated":     ErrUnauthenticated,
 }
 
 // EncodeResponse turns nil or an Apply error into a string.
@@ -91,7 +92,11 @@ func (ResponseCodec) EncodeResponse(v any) string {
 
 // Validate reports whether cmd is a command Apply can decode.
 func (ResponseCodec) Validate(cmd []byte) error {
-	_, err := DecodeCommand(cmd)
+	inner, _, err := splitEnvelope(cmd)
+	if err != nil {
+		return err
+	}
+	_, err = DecodeCommand(inner)
 	return err
 }
 

@@ -461,7 +461,7 @@ func TestApply_ConflictChangesNothing(t *testing.T) {
 	mustInit(t, ks)
 	mustCreate(t, ks, "k", "")
 	before := ks.Snapshot().Entries["keys/k"]
-	stale := encodeCommand(&command{Op: opPut, Path: "keys/k", Expect: 0, Entry: &Entry{Version: 1, Term: 1, Data: []byte("junk")}})
+	stale := signed(t, ks, &command{Op: opPut, Path: "keys/k", Expect: 0, Entry: &Entry{Version: 1, Term: 1, Data: []byte("junk")}})
 	if err := ks.Apply(stale); !errors.Is(err.(error), ErrConflict) {
 		t.Fatalf("stale put: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -84,6 +85,12 @@ type Keystore struct {
 	keyringVersion uint64
 	entries        map[string]Entry
 	trust          *clusterState // enrolment tokens and the deny list (enrol.go)
+	// Command authentication (cmdauth.go): authOn once an authenticated
+	// command was applied; unverified holds the commands applied while
+	// sealed, verified at unseal.
+	authOn             bool
+	unverified         [][]byte
+	unverifiedOverflow bool
 
 	// Unsealed view.
 	root     *lockedmem.Buf
@@ -207,7 +214,11 @@ func encodeCommand(c *command) []byte {
 // ErrAlreadyInitialized, ErrCorrupt) that the proposer receives as the
 // response. A command refused by Apply changes nothing.
 func (ks *Keystore) Apply(b []byte) any {
-	c, err := DecodeCommand(b)
+	inner, mac, err := splitEnvelope(b)
+	var c *command
+	if err == nil {
+		c, err = DecodeCommand(inner)
+	}
 	if err != nil {
 		// Every node refuses it the same way, so the replicas stay equal.
 		ks.log.Error("refusing a committed command that does not decode", "error", err)
@@ -215,6 +226,29 @@ func (ks *Keystore) Apply(b []byte) any {
 	}
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
+	refuse, keep := ks.checkLocked(c, inner, mac)
+	if refuse != nil {
+		ks.log.Error("refusing a committed command that is not authenticated by the keyring", "op", c.Op, "path", c.Path, "error", refuse)
+		return refuse
+	}
+	r := ks.applyLocked(c)
+	if r == nil {
+		if mac != nil {
+			ks.authOn = true
+		}
+		if keep {
+			if len(ks.unverified) < maxUnverified {
+				ks.unverified = append(ks.unverified, b)
+			} else {
+				ks.unverifiedOverflow = true
+			}
+		}
+	}
+	return r
+}
+
+// applyLocked applies an admitted command; ks.mu is held.
+func (ks *Keystore) applyLocked(c *command) any {
 	switch c.Op {
 	case opInit:
 		if ks.seal != nil {
@@ -304,7 +338,16 @@ func (ks *Keystore) propose(ctx context.Context, c *command) error {
 	if ks.cfg.Proposer == nil {
 		return errors.New("keystore has no proposer")
 	}
-	resp, err := ks.cfg.Proposer.Propose(ctx, encodeCommand(c))
+	b, err := ks.authenticate(encodeCommand(c))
+	if err != nil {
+		return err
+	}
+	return ks.proposeRaw(ctx, b)
+}
+
+// proposeRaw submits an encoded (authenticated) command.
+func (ks *Keystore) proposeRaw(ctx context.Context, b []byte) error {
+	resp, err := ks.cfg.Proposer.Propose(ctx, b)
 	if err != nil {
 		return err
 	}
@@ -370,7 +413,17 @@ func (ks *Keystore) Init(ctx context.Context, root []byte, clusterID string, sha
 	if err != nil {
 		return err
 	}
-	if err := ks.propose(ctx, &command{Op: opInit, Seal: sc, Keyring: blob}); err != nil {
+	// Authenticated with the new keyring's term-1 key (cmdauth.go).
+	k, err := cmdMACKey(termKey)
+	if err != nil {
+		return err
+	}
+	env := sealEnvelope(k, sc.ClusterID, encodeCommand(&command{Op: opInit, Seal: sc, Keyring: blob}))
+	clear(k)
+	if ks.cfg.Proposer == nil {
+		return errors.New("keystore has no proposer")
+	}
+	if err := ks.proposeRaw(ctx, env); err != nil {
 		return err
 	}
 	return ks.Unseal(root)
@@ -442,6 +495,11 @@ func (ks *Keystore) unsealLocked(root []byte) error {
 		return err
 	}
 	ks.root = rb
+	if err := ks.verifyUnverifiedLocked(); err != nil {
+		ks.sealLocked()
+		ks.log.Error("refusing to unseal: this node applied a forged command while sealed", "error", err)
+		return err
+	}
 	ks.keys = map[string]*namedKey{}
 	ks.policies = map[string]api.Policy{}
 	failed := 0
@@ -598,6 +656,10 @@ type Snapshot struct {
 	Entries        map[string]Entry `json:"entries"`
 	// Trust: enrolment tokens and the deny list (absent in older snapshots).
 	Trust *clusterState `json:"trust,omitempty"`
+	// AuthOn and Unverified: command authentication (cmdauth.go).
+	AuthOn             bool     `json:"auth_on,omitempty"`
+	Unverified         [][]byte `json:"unverified,omitempty"`
+	UnverifiedOverflow bool     `json:"unverified_overflow,omitempty"`
 }
 
 // Snapshot copies the replicated state. It is quick (a map copy; the entries'
@@ -610,6 +672,7 @@ func (ks *Keystore) Snapshot() *Snapshot {
 	if ks.trust != nil {
 		s.Trust = ks.trust.clone()
 	}
+	s.AuthOn, s.Unverified, s.UnverifiedOverflow = ks.authOn, slices.Clone(ks.unverified), ks.unverifiedOverflow
 	if ks.seal != nil {
 		sc := *ks.seal
 		s.Seal = &sc
@@ -662,6 +725,7 @@ func (ks *Keystore) Restore(r io.Reader) error {
 	ks.sealLocked()
 	ks.seal, ks.keyring, ks.keyringVersion, ks.entries = s.Seal, s.Keyring, s.KeyringVersion, s.Entries
 	ks.trust = s.Trust
+	ks.authOn, ks.unverified, ks.unverifiedOverflow = s.AuthOn, s.Unverified, s.UnverifiedOverflow
 	if root != nil && ks.seal != nil {
 		if err := ks.unsealLocked(root); err != nil {
 			ks.log.Warn("restored state does not open with this node's root key; node stays sealed", "error", err)

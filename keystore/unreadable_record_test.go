@@ -15,7 +15,7 @@ func TestReview_UnreadableRecordDropsStaleView(t *testing.T) {
 	cur := ks.entries["keys/k"]
 	ks.mu.RUnlock()
 	bad := Entry{Version: cur.Version + 1, Term: cur.Term, Data: make([]byte, 64)}
-	if r := ks.Apply(encodeCommand(&command{Op: opPut, Path: "keys/k", Expect: cur.Version, Entry: &bad})); r != nil {
+	if r := ks.Apply(signed(t, ks, &command{Op: opPut, Path: "keys/k", Expect: cur.Version, Entry: &bad})); r != nil {
 		t.Fatalf("apply: %v", r)
 	}
 	if _, err := ks.Wrap("k", []Item{{Plaintext: []byte("x")}}); !errors.Is(err, ErrNotFound) {
