@@ -121,7 +121,10 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 		}
 		return badRequest("reading the snapshot: %v", err)
 	}
-	if err := s.ks.ValidateRestore(data); err != nil {
+	// Validated, and its restore epoch raised so that no command made
+	// before the restore can be replayed after it (keystore/rollback.go).
+	data, err = s.ks.PrepareRestore(data)
+	if err != nil {
 		return badRequest("%v", err)
 	}
 	if err := s.node.Restore(bytes.NewReader(data), int64(len(data))); err != nil {

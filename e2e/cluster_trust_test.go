@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster/tlsutil"
 )
@@ -312,4 +315,99 @@ func slicesIndex(ds []*daemon, d *daemon) int {
 		}
 	}
 	return -1
+}
+
+// oldEntries reads the raft log of d (stopped and restarted around the
+// copy), as a thief with its disk would, and returns the command entries
+// that mention needle, oldest first.
+func oldEntries(t *testing.T, d *daemon, needle string) [][]byte {
+	t.Helper()
+	d.stop()
+	src := filepath.Join(d.dir, "data", "raft", "raft.db")
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	cp := filepath.Join(t.TempDir(), "raft.db")
+	if err := os.WriteFile(cp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: cp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	first, _ := store.FirstIndex()
+	last, _ := store.LastIndex()
+	var out [][]byte
+	for i := first; i <= last && i > 0; i++ {
+		var l raft.Log
+		if store.GetLog(i, &l) == nil && l.Type == raft.LogCommand && bytes.Contains(l.Data, []byte(needle)) {
+			out = append(out, l.Data)
+		}
+	}
+	return out
+}
+
+// TestE2E_Cluster_NoRollback (issue 9): old, genuine log entries taken
+// from a node's disk and sent again by a member's certificate are
+// refused: a policy deleted cannot be put back in an old, wider version,
+// and a delete replayed does not delete again. A snapshot restore (admin
+// only) still goes back, and no command from before it applies after it.
+func TestE2E_Cluster_NoRollback(t *testing.T) {
+	c := newCluster(t, 3)
+	shares := bootCluster(c, 3)
+	lead, _ := waitLeader(t, c.nodes, 10*time.Second)
+	leadAddr := c.addrs[slicesIndex(c.nodes, lead)]
+	pol := func(keys string) string {
+		return `{"subjects":{"uids":[4242]},"keys":[` + keys + `],"operations":["unwrap"]}`
+	}
+	lead.mustCoffer(pol(`"*"`), "policy", "write", "p", "-") // wide
+	snap := filepath.Join(t.TempDir(), "wide.snap")
+	lead.mustCoffer("", "operator", "raft", "snapshot", "save", snap)
+	lead.mustCoffer(pol(`"app"`), "policy", "write", "p", "-") // narrowed
+	lead.mustCoffer("", "policy", "delete", "p")
+	follower := without(c.nodes, lead)[0]
+	old := oldEntries(t, follower, `"policies/p"`)
+	follower.unsealWith(shares[:3])
+	if len(old) != 3 {
+		t.Fatalf("found %d entries for policies/p in the log, want 3", len(old))
+	}
+	lead, _ = waitLeader(t, c.nodes, 10*time.Second)
+	leadAddr = c.addrs[slicesIndex(c.nodes, lead)]
+	member := newPeerClient(t, c.tlsDir, without(c.nodes, lead)[0].nodeID)
+	for i, e := range old {
+		st, out := member.rpc(leadAddr, "/rpc/apply", e)
+		if st != http.StatusOK || !strings.Contains(out, "conflict") {
+			t.Errorf("replay of entry %d: %d %s, want it committed and refused (conflict)", i, st, out)
+		}
+	}
+	for _, d := range c.nodes {
+		waitFor(t, d.nodeID+" is up", 10*time.Second, func() bool { return !d.status().Sealed })
+		if st, _, body := d.api("GET", "/v1/policies/p", ""); st != http.StatusNotFound {
+			t.Errorf("policy p on %s after the replays: %d %s", d.nodeID, st, body)
+		}
+	}
+	// The admin's way back: restore the snapshot with the wide policy.
+	lead.mustCoffer("", "operator", "raft", "snapshot", "restore", snap)
+	waitFor(t, "the restored policy everywhere", 10*time.Second, func() bool {
+		for _, d := range c.nodes {
+			if st, _, body := d.api("GET", "/v1/policies/p", ""); st != 200 || !strings.Contains(string(body), `"*"`) {
+				return false
+			}
+		}
+		return true
+	})
+	// The narrowing and the delete from before the restore do not apply
+	// after it (the restore raised the epoch).
+	for i, e := range old[1:] {
+		if st, out := member.rpc(leadAddr, "/rpc/apply", e); st != http.StatusOK || !strings.Contains(out, "conflict") {
+			t.Errorf("replay of entry %d after the restore: %d %s", i+1, st, out)
+		}
+	}
+	if st, _, body := lead.api("GET", "/v1/policies/p", ""); st != 200 || !strings.Contains(string(body), `"*"`) {
+		t.Errorf("policy after replays following the restore: %d %s", st, body)
+	}
+	lead.mustCoffer(pol(`"app"`), "policy", "write", "p", "-") // writes go on
 }

@@ -217,6 +217,9 @@ func (ks *Keystore) update(ctx context.Context, name string, fn func(cur *keyMet
 			// A record this node could not open: never overwrite it blindly.
 			ks.mu.RUnlock()
 			return api.Key{}, fmt.Errorf("%w: key %q exists but cannot be read on this node", ErrCorrupt, name)
+		} else {
+			// A new record continues the path's counter (rollback.go).
+			record = ks.tombs[path]
 		}
 		ks.mu.RUnlock()
 
@@ -521,7 +524,7 @@ func (ks *Keystore) PutPolicy(ctx context.Context, name string, p api.Policy) er
 	defer ks.writeMu.Unlock()
 	for attempt := 0; ; attempt++ {
 		ks.mu.RLock()
-		expect := ks.entries[policyPath(name)].Version
+		expect := ks.recordVersionLocked(policyPath(name))
 		ks.mu.RUnlock()
 		err := ks.putRecord(ctx, policyPath(name), expect, meta, nil)
 		if errors.Is(err, ErrConflict) && attempt < 5 {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -91,6 +92,10 @@ type Keystore struct {
 	authOn             bool
 	unverified         [][]byte
 	unverifiedOverflow bool
+	// No rollback (rollback.go): tombs keeps a deleted path's counter;
+	// epoch grows with every snapshot restore.
+	tombs map[string]uint64
+	epoch uint64
 
 	// Unsealed view.
 	root     *lockedmem.Buf
@@ -148,6 +153,8 @@ type command struct {
 	Term     uint32 `json:"term,omitempty"`
 	// Enrol is the body of opEnrol (enrol.go).
 	Enrol *enrolCmd `json:"enrol,omitempty"`
+	// Epoch is the restore epoch the proposer saw (rollback.go).
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // DecodeCommand parses an encoded command. It is exported for fuzzing and
@@ -231,6 +238,11 @@ func (ks *Keystore) Apply(b []byte) any {
 		ks.log.Error("refusing a committed command that is not authenticated by the keyring", "op", c.Op, "path", c.Path, "error", refuse)
 		return refuse
 	}
+	if c.Op != opInit && c.Epoch != ks.epoch {
+		// Proposed before a snapshot restore (or replayed from before
+		// one): its precondition was read from state that is gone.
+		return ErrConflict
+	}
 	r := ks.applyLocked(c)
 	if r == nil {
 		if mac != nil {
@@ -301,10 +313,11 @@ func (ks *Keystore) applyLocked(c *command) any {
 		if ks.seal == nil {
 			return ErrNotInitialized
 		}
-		if ks.entries[c.Path].Version != c.Expect {
+		if ks.recordVersionLocked(c.Path) != c.Expect {
 			return ErrConflict
 		}
 		ks.entries[c.Path] = *c.Entry
+		delete(ks.tombs, c.Path)
 		if ks.root != nil {
 			if err := ks.loadRecordLocked(c.Path, *c.Entry); err != nil {
 				// Never keep serving the previous version of the record
@@ -323,6 +336,12 @@ func (ks *Keystore) applyLocked(c *command) any {
 			return ErrConflict
 		}
 		delete(ks.entries, c.Path)
+		// The delete consumes a version too, so that neither the delete
+		// nor any earlier put of this path can ever apply again.
+		if ks.tombs == nil {
+			ks.tombs = map[string]uint64{}
+		}
+		ks.tombs[c.Path] = cur.Version + 1
 		if ks.root != nil {
 			ks.dropRecordLocked(c.Path)
 		}
@@ -338,6 +357,9 @@ func (ks *Keystore) propose(ctx context.Context, c *command) error {
 	if ks.cfg.Proposer == nil {
 		return errors.New("keystore has no proposer")
 	}
+	ks.mu.RLock()
+	c.Epoch = ks.epoch
+	ks.mu.RUnlock()
 	b, err := ks.authenticate(encodeCommand(c))
 	if err != nil {
 		return err
@@ -660,6 +682,9 @@ type Snapshot struct {
 	AuthOn             bool     `json:"auth_on,omitempty"`
 	Unverified         [][]byte `json:"unverified,omitempty"`
 	UnverifiedOverflow bool     `json:"unverified_overflow,omitempty"`
+	// Tombs and Epoch: no rollback (rollback.go).
+	Tombs map[string]uint64 `json:"tombs,omitempty"`
+	Epoch uint64            `json:"epoch,omitempty"`
 }
 
 // Snapshot copies the replicated state. It is quick (a map copy; the entries'
@@ -673,6 +698,7 @@ func (ks *Keystore) Snapshot() *Snapshot {
 		s.Trust = ks.trust.clone()
 	}
 	s.AuthOn, s.Unverified, s.UnverifiedOverflow = ks.authOn, slices.Clone(ks.unverified), ks.unverifiedOverflow
+	s.Tombs, s.Epoch = maps.Clone(ks.tombs), ks.epoch
 	if ks.seal != nil {
 		sc := *ks.seal
 		s.Seal = &sc
@@ -726,6 +752,7 @@ func (ks *Keystore) Restore(r io.Reader) error {
 	ks.seal, ks.keyring, ks.keyringVersion, ks.entries = s.Seal, s.Keyring, s.KeyringVersion, s.Entries
 	ks.trust = s.Trust
 	ks.authOn, ks.unverified, ks.unverifiedOverflow = s.AuthOn, s.Unverified, s.UnverifiedOverflow
+	ks.tombs, ks.epoch = s.Tombs, s.Epoch
 	if root != nil && ks.seal != nil {
 		if err := ks.unsealLocked(root); err != nil {
 			ks.log.Warn("restored state does not open with this node's root key; node stays sealed", "error", err)
