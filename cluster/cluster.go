@@ -184,6 +184,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("starting raft: %w", err)
 	}
 	n.raft = r
+	n.fsm.started.Store(true)
 	if n.mux != nil {
 		// Only now: admission asks raft who the members are.
 		go n.sweepLoop()
@@ -316,6 +317,15 @@ type fsm struct {
 	sm      StateMachine
 	snaps   raft.SnapshotStore
 	applied atomic.Uint64
+	// started: raft has restored this node's own snapshot at start; any
+	// later restore comes from elsewhere (InstallSnapshot, a user restore).
+	started atomic.Bool
+}
+
+// RemoteRestorer is implemented by a StateMachine that checks snapshots
+// from other nodes more strictly than its own (the keystore).
+type RemoteRestorer interface {
+	RestoreRemote(io.Reader) error
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
@@ -330,7 +340,11 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return &snapshot{write: f.s
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	if err := f.sm.Restore(rc); err != nil {
+	restore := f.sm.Restore
+	if rr, ok := f.sm.(RemoteRestorer); ok && f.started.Load() {
+		restore = rr.RestoreRemote
+	}
+	if err := restore(rc); err != nil {
 		return err
 	}
 	// raft restores from the newest snapshot in the store (at start, on

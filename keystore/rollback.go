@@ -38,19 +38,39 @@ func (ks *Keystore) recordVersionLocked(path string) uint64 {
 
 // PrepareRestore validates a snapshot for a restore into this cluster and
 // returns it with its restore epoch raised above both its own and the
-// current one: commands proposed before the restore no longer apply.
+// current one, so that commands proposed before the restore no longer
+// apply, and authenticated again (snapauth.go). On an initialised cluster
+// it needs the node unsealed (the snapshot's MAC is checked and made
+// here). A fresh node takes the snapshot as it is: it verifies it at
+// unseal.
 func (ks *Keystore) PrepareRestore(data []byte) ([]byte, error) {
 	if err := ks.ValidateRestore(data); err != nil {
 		return nil, err
 	}
 	var s Snapshot
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&s); err != nil {
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&s); err != nil {
 		return nil, fmt.Errorf("not a Coffer snapshot: %v", err)
 	}
 	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	if ks.seal == nil {
+		return data, nil
+	}
+	if ks.root == nil {
+		return nil, fmt.Errorf("%w: restore the snapshot on an unsealed node (it checks and re-authenticates the snapshot)", ErrSealed)
+	}
+	if _, err := ks.checkSnapshotLocked(&s, true); err != nil {
+		return nil, err
+	}
 	s.Epoch = max(s.Epoch, ks.epoch) + 1
-	ks.mu.RUnlock()
+	k, err := ks.macKeyLocked()
+	if err != nil {
+		return nil, err
+	}
+	defer clear(k)
+	if err := s.authenticate(k); err != nil {
+		return nil, err
+	}
 	var out bytes.Buffer
 	if _, err := s.WriteTo(&out); err != nil {
 		return nil, err

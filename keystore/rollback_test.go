@@ -41,9 +41,10 @@ func TestNoRollback(t *testing.T) {
 	wideCmd := log[len(log)-1]
 	mustCreate(t, ks, "k", "")
 	createK := log[len(log)-1]
-	snap := ks.Snapshot()
 	var sb bytes.Buffer
-	snap.WriteTo(&sb)
+	if err := ks.SnapshotTo()(&sb); err != nil {
+		t.Fatal(err)
+	}
 	putPolicy(narrow)
 	narrowCmd := log[len(log)-1]
 	if err := ks.DeletePolicy(ctx, "p"); err != nil {

@@ -96,6 +96,9 @@ type Keystore struct {
 	// epoch grows with every snapshot restore.
 	tombs map[string]uint64
 	epoch uint64
+	// pendingSnap: the proof of the snapshot this sealed node restored,
+	// verified at unseal (snapauth.go).
+	pendingSnap *snapProof
 
 	// Unsealed view.
 	root     *lockedmem.Buf
@@ -517,6 +520,11 @@ func (ks *Keystore) unsealLocked(root []byte) error {
 		return err
 	}
 	ks.root = rb
+	if err := ks.verifyPendingSnapLocked(); err != nil {
+		ks.sealLocked()
+		ks.log.Error("refusing to unseal: this node restored a forged snapshot while sealed", "error", err)
+		return err
+	}
 	if err := ks.verifyUnverifiedLocked(); err != nil {
 		ks.sealLocked()
 		ks.log.Error("refusing to unseal: this node applied a forged command while sealed", "error", err)
@@ -685,6 +693,11 @@ type Snapshot struct {
 	// Tombs and Epoch: no rollback (rollback.go).
 	Tombs map[string]uint64 `json:"tombs,omitempty"`
 	Epoch uint64            `json:"epoch,omitempty"`
+	// Pending: a snapshot taken while sealed carries the proof of the
+	// snapshot it grew from; MAC authenticates the whole snapshot
+	// (snapauth.go). Both absent in older snapshots.
+	Pending *snapProof `json:"pending_snapshot,omitempty"`
+	MAC     []byte     `json:"mac,omitempty"`
 }
 
 // Snapshot copies the replicated state. It is quick (a map copy; the entries'
@@ -699,6 +712,10 @@ func (ks *Keystore) Snapshot() *Snapshot {
 	}
 	s.AuthOn, s.Unverified, s.UnverifiedOverflow = ks.authOn, slices.Clone(ks.unverified), ks.unverifiedOverflow
 	s.Tombs, s.Epoch = maps.Clone(ks.tombs), ks.epoch
+	if ks.pendingSnap != nil {
+		p := *ks.pendingSnap
+		s.Pending = &p
+	}
 	if ks.seal != nil {
 		sc := *ks.seal
 		s.Seal = &sc
@@ -729,8 +746,17 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 // Restore replaces the replicated state with a snapshot read from r,
 // discarding all earlier state. An unsealed node re-derives its view; if the
-// restored keyring does not open with its root key, the node seals.
-func (ks *Keystore) Restore(r io.Reader) error {
+// restored keyring does not open with its root key, the node seals. The
+// snapshot's MAC is checked (snapauth.go); this is the restore of a node's
+// own snapshot at start (see RestoreRemote for one from elsewhere).
+func (ks *Keystore) Restore(r io.Reader) error { return ks.restore(r, false) }
+
+// RestoreRemote is Restore of a snapshot that came from another node (raft's
+// InstallSnapshot, or an admin's restore): on a sealed node it must carry a
+// MAC, verified at unseal.
+func (ks *Keystore) RestoreRemote(r io.Reader) error { return ks.restore(r, true) }
+
+func (ks *Keystore) restore(r io.Reader, remote bool) error {
 	var s Snapshot
 	if err := json.NewDecoder(r).Decode(&s); err != nil {
 		return fmt.Errorf("%w: snapshot does not decode: %v", ErrCorrupt, err)
@@ -743,6 +769,11 @@ func (ks *Keystore) Restore(r io.Reader) error {
 	}
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
+	pending, err := ks.checkSnapshotLocked(&s, remote)
+	if err != nil {
+		ks.log.Error("refusing a snapshot that is not authenticated by the keyring", "error", err)
+		return err
+	}
 	var root []byte
 	if ks.root != nil {
 		root = append([]byte(nil), ks.root.Bytes()...)
@@ -753,6 +784,7 @@ func (ks *Keystore) Restore(r io.Reader) error {
 	ks.trust = s.Trust
 	ks.authOn, ks.unverified, ks.unverifiedOverflow = s.AuthOn, s.Unverified, s.UnverifiedOverflow
 	ks.tombs, ks.epoch = s.Tombs, s.Epoch
+	ks.pendingSnap = pending
 	if root != nil && ks.seal != nil {
 		if err := ks.unsealLocked(root); err != nil {
 			ks.log.Warn("restored state does not open with this node's root key; node stays sealed", "error", err)
@@ -862,7 +894,18 @@ func zeroAll(bs [][]byte) {
 // later (raft persists snapshots while Apply goes on).
 func (ks *Keystore) SnapshotTo() func(io.Writer) error {
 	s := ks.Snapshot()
+	// The MAC key is taken now, while the state is consistent with it; a
+	// sealed node writes no MAC (its snapshot carries Pending instead).
+	ks.mu.RLock()
+	k, _ := ks.macKeyLocked()
+	ks.mu.RUnlock()
 	return func(w io.Writer) error {
+		if k != nil {
+			defer clear(k)
+			if err := s.authenticate(k); err != nil {
+				return err
+			}
+		}
 		_, err := s.WriteTo(w)
 		return err
 	}
