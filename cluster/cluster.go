@@ -79,6 +79,9 @@ type Config struct {
 	// OnMembership, if set, is told on the leader of each join ("join") and
 	// removal ("remove") it carried out, for the audit log.
 	OnMembership func(change, nodeID, address string)
+	// OnForwarded, if set, is told on the leader of each write a follower
+	// forwarded, with its origin (origin.go), for the audit log.
+	OnForwarded func(Forwarded)
 }
 
 // Node is one raft member.

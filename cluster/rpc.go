@@ -196,7 +196,25 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
 		return
 	}
-	writeRPC(w, http.StatusOK, applyResponse{Response: n.cfg.Codec.EncodeResponse(f.Response()), Index: f.Index()})
+	resp := n.cfg.Codec.EncodeResponse(f.Response())
+	n.auditForwarded(r, cmd, resp)
+	writeRPC(w, http.StatusOK, applyResponse{Response: resp, Index: f.Index()})
+}
+
+// auditForwarded reports a forwarded write the leader committed.
+func (n *Node) auditForwarded(r *http.Request, cmd []byte, resp string) {
+	if n.cfg.OnForwarded == nil {
+		return
+	}
+	p, _ := peerOfRequest(r)
+	fw := Forwarded{NodeID: p.id, Origin: originOf(r), Outcome: "ok"}
+	if resp != "" {
+		fw.Outcome = clip(resp)
+	}
+	if d, ok := n.cfg.FSM.(Describer); ok {
+		fw.Op, fw.Path = d.Describe(cmd)
+	}
+	n.cfg.OnForwarded(fw)
 }
 
 func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
@@ -371,6 +389,7 @@ func (n *Node) call(ctx context.Context, addr, path string, body []byte) (*apply
 	if err != nil {
 		return nil, 0, err
 	}
+	setOrigin(ctx, req)
 	resp, err := n.rpcClient().Do(req)
 	if err != nil {
 		return nil, 0, err

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,4 +99,36 @@ func (s *Server) auditMembership(change, nodeID, address string) {
 		d["address"] = address
 	}
 	s.auditEvent(&audit.Entry{Operation: "membership", Detail: d})
+}
+
+// originOf describes a request's caller for the leader's audit log.
+func originOf(rc *reqCtx) cluster.Origin {
+	o := cluster.Origin{RequestID: rc.id, Operation: operationFor(rc.r.Method, rc.r.URL.Path)}
+	if rc.caller != nil {
+		uid := int64(rc.caller.UID)
+		o.UID, o.Unit = &uid, rc.caller.Unit
+	}
+	return o
+}
+
+// auditForwarded records on the leader a write a follower forwarded: the
+// origin node (from its certificate) and the caller there.
+func (s *Server) auditForwarded(f cluster.Forwarded) {
+	if !s.auditReady.Load() {
+		return
+	}
+	d := map[string]string{"origin_node_id": f.NodeID, "command": f.Op, "path": truncate(f.Path),
+		"origin_request_id": f.Origin.RequestID, "origin_operation": f.Origin.Operation}
+	if f.Origin.UID != nil {
+		d["origin_uid"] = strconv.FormatInt(*f.Origin.UID, 10)
+	}
+	if f.Origin.Unit != "" {
+		d["origin_unit"] = f.Origin.Unit
+	}
+	e := &audit.Entry{Operation: "forwarded-write", Detail: d}
+	if f.Outcome != "ok" {
+		e.Outcome = audit.OutcomeError
+		d["error"] = f.Outcome
+	}
+	s.auditEvent(e)
 }

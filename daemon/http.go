@@ -173,6 +173,8 @@ func (s *Server) newRequestID() string {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := &reqCtx{w: w, r: r, id: s.newRequestID(), start: time.Now()}
 	rc.caller, _ = r.Context().Value(callerKey).(*auth.Caller)
+	// A write forwarded to the leader names its caller there (audit).
+	rc.r = r.WithContext(cluster.WithOrigin(r.Context(), originOf(rc)))
 	w.Header().Set(api.HeaderRequestID, rc.id)
 	status := http.StatusServiceUnavailable
 	if s.beginAudit(rc) {

@@ -149,7 +149,7 @@ func New(opts Options) (*Server, error) {
 		OnRootChange: s.resealAfterRekey,
 	})
 	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{},
-		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership}
+		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership, OnForwarded: s.auditForwarded}
 	if c := cfg.Cluster; c != nil {
 		srvTLS, err := tlsutil.ServerConfig(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile)
 		if err != nil {

@@ -171,6 +171,22 @@ func TestE2E_Cluster_CertificateAloneChangesNothing(t *testing.T) {
 		}
 	}
 
+	// A write through a follower is audited on the leader with its origin.
+	lead, _ := waitLeader(t, c.nodes[:3], 5*time.Second)
+	via := without(c.nodes[:3], lead)[0]
+	via.mustCoffer("", "key", "create", "via-follower")
+	_, es := readAudit(t, filepath.Join(lead.dir, "data", "audit.log"))
+	found := false
+	for _, e := range es {
+		d := e.Detail
+		if e.Operation == "forwarded-write" && d["origin_node_id"] == via.nodeID && d["path"] == "keys/via-follower" && d["origin_operation"] == "create" && d["origin_uid"] != "" && d["origin_request_id"] != "" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no forwarded-write entry for the follower's create in the leader's audit log")
+	}
+
 	// After init, a join without a token, or with another node's, fails
 	// with invalid_token; with its own it works.
 	n4.start()

@@ -258,3 +258,20 @@ func strictUnmarshal(b []byte, v any) error {
 	}
 	return nil
 }
+
+// Describe names a command's operation and path (for the audit log of
+// forwarded writes); "unknown" for what does not decode.
+func (ks *Keystore) Describe(b []byte) (op, path string) {
+	inner, _, err := splitEnvelope(b)
+	if err != nil {
+		return "unknown", ""
+	}
+	c, err := DecodeCommand(inner)
+	if err != nil {
+		return "unknown", ""
+	}
+	if c.Op == opEnrol {
+		return "enrol-" + c.Enrol.Do, c.Enrol.NodeID
+	}
+	return c.Op, c.Path
+}

@@ -34,6 +34,7 @@ var EventOperations = []string{
 	"leadership",      // raft leadership changed
 	"membership",      // the leader added or removed a member (issue 9)
 	"cluster-refused", // a peer was refused at the cluster port (rate-limited)
+	"forwarded-write", // the leader committed a write a follower forwarded
 	"unusual-access",  // an alert rule fired
 	"audit-reopened",  // the log file was reopened (SIGHUP)
 	"audit-recovered", // the log is writable again after a failure
