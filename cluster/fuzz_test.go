@@ -53,15 +53,17 @@ func FuzzRPC(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	// node2 is a member (as if joined before init).
-	if err := n.raft.AddVoter("node2", "127.0.0.1:1", 0, 5*time.Second).Error(); err != nil {
-		f.Fatal(err)
-	}
 	cs := tls.ConnectionState{HandshakeComplete: true, VerifiedChains: [][]*x509.Certificate{{leaf}}}
 	var want bytes.Buffer
 	n.ks.Snapshot().WriteTo(&want)
 	peers := peerIDs2(f, n.Node)
 	h := n.rpcSrv.Handler
+	// The fixture really is a member: its read index is answered.
+	probe := httptest.NewRequest(http.MethodPost, "http://node1/rpc/read-index", nil)
+	probe = probe.WithContext(context.WithValue(probe.Context(), peerTLSKey{}, cs))
+	if rec := httptest.NewRecorder(); func() int { h.ServeHTTP(rec, probe); return rec.Code }() != http.StatusOK {
+		f.Fatal("the fuzz fixture's certificate is not treated as a member")
+	}
 	f.Fuzz(func(t *testing.T, path string, body []byte) {
 		req := httptest.NewRequest(http.MethodPost, "http://node1/rpc/x", bytes.NewReader(body))
 		req.URL.Path = "/" + path
@@ -91,12 +93,17 @@ func peerIDs2(tb testing.TB, n *Node) []string {
 	return ids
 }
 
-// fuzzLeader is an initialised, unsealed single-node leader.
+// fuzzLeader is an initialised, unsealed leader with node2 a member.
 func fuzzLeader(f *testing.F, tlsDir string) *trustNode {
 	n := newTrustNode(f, tlsDir, "node1", true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := n.WaitLeader(ctx); err != nil {
+		f.Fatal(err)
+	}
+	// node2 is a member from before init (a non-voter: it is not running,
+	// and must not cost the leader its quorum).
+	if err := n.raft.AddNonvoter("node2", "127.0.0.1:1", 0, 5*time.Second).Error(); err != nil {
 		f.Fatal(err)
 	}
 	if err := n.ks.Init(ctx, bytes.Repeat([]byte{9}, 32), "fuzz", 1, 1); err != nil {

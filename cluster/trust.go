@@ -54,6 +54,9 @@ type Trust interface {
 	// RemovalCommitted reports whether nodeID's revocation was committed
 	// after it was last admitted (the leader removes only such nodes).
 	RemovalCommitted(nodeID string) bool
+	// MemberAllowed reports whether nodeID is on the replicated member
+	// allow list (true where there is none yet).
+	MemberAllowed(nodeID string) bool
 }
 
 // Refusal is one refused connection or RPC, for the audit log.
@@ -95,7 +98,9 @@ func (n *Node) isMember(id string) bool {
 	servers := n.raft.GetConfiguration().Configuration().Servers
 	for _, s := range servers {
 		if string(s.ID) == id {
-			return true
+			// The raft configuration is not authenticated by the keyring:
+			// the replicated allow list must agree.
+			return n.cfg.Trust == nil || n.cfg.Trust.MemberAllowed(id)
 		}
 	}
 	if len(servers) == 0 {
@@ -294,7 +299,7 @@ func (n *Node) joinAuth(ctx context.Context, p peerInfo, id, addr, token string)
 		return http.StatusServiceUnavailable, err
 	}
 	for _, s := range cf.Configuration().Servers {
-		if string(s.ID) == id && string(s.Address) == addr {
+		if string(s.ID) == id && string(s.Address) == addr && (n.cfg.Trust == nil || n.cfg.Trust.MemberAllowed(id)) {
 			return 0, nil // a member re-joining from its own address
 		}
 		if string(s.ID) != id && string(s.Address) == addr {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/coffer-kms/coffer/cluster/tlsutil"
 	"github.com/coffer-kms/coffer/keystore"
 )
@@ -40,7 +42,14 @@ func newTrustNode(t testing.TB, tlsDir, id string, bootstrap bool) *trustNode {
 	srv, cli := nodeTLS(t, tlsDir, id)
 	addr := freeAddr(t)
 	p := &lazyProposer{}
-	tn := &trustNode{ks: keystore.New(keystore.Config{Proposer: p})}
+	tn := &trustNode{}
+	tn.ks = keystore.New(keystore.Config{Proposer: p, InitialMembers: func() []string {
+		var ids []string
+		for _, s := range tn.raft.GetConfiguration().Configuration().Servers {
+			ids = append(ids, string(s.ID))
+		}
+		return ids
+	}})
 	n, err := Open(Config{NodeID: id, DataDir: t.TempDir(), FSM: tn.ks, Codec: keystore.ResponseCodec{}, Trust: tn.ks,
 		OnRefused: func(r Refusal) { tn.mu.Lock(); tn.refusal = append(tn.refusal, r); tn.mu.Unlock() },
 		Net:       &NetConfig{BindAddr: addr, AdvertiseAddr: addr, Bootstrap: bootstrap, ServerTLS: srv, ClientTLS: cli}})
@@ -258,6 +267,23 @@ func TestTrust_OnlyMembersTalk(t *testing.T) {
 	}
 	if got := peerIDs(t, n1.Node); !slices.Equal(got, []string{"node1", "node2", "node3"}) {
 		t.Fatalf("peers after re-join: %v", got)
+	}
+	// A raft configuration change that no authenticated write backs (as a
+	// hostile leader could append) admits nobody: the allow list decides.
+	intruderAddr := intruder.cfg.Net.AdvertiseAddr
+	intruder.Close()
+	if err := n1.raft.AddVoter("intruder", raft.ServerAddress(intruderAddr), 0, 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "node2 sees the configuration change", func() bool { return slices.Contains(peerIDs(t, n2.Node), "intruder") })
+	if raftPortOpen(t, tlsDir, "intruder", n2.cfg.Net.AdvertiseAddr) || raftPortOpen(t, tlsDir, "intruder", addr) {
+		t.Error("a configuration change alone admitted a node id")
+	}
+	if st, _ := rawRPC(t, tlsDir, "intruder", addr, "/rpc/read-index", nil); st != http.StatusForbidden {
+		t.Errorf("intruder RPC after the configuration change: %d", st)
+	}
+	if err := n1.raft.RemoveServer("intruder", 0, 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
 	}
 	// A member's certificate alone cannot remove another member: the
 	// removal must be revoked in the replicated state first.

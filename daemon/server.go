@@ -147,6 +147,18 @@ func New(opts Options) (*Server, error) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
 		OnRootChange: s.resealAfterRekey,
+		// The members at init become the member allow list.
+		InitialMembers: func() []string {
+			peers, err := s.node.Peers()
+			if err != nil {
+				return nil
+			}
+			ids := make([]string, 0, len(peers))
+			for _, p := range peers {
+				ids = append(ids, p.ID)
+			}
+			return ids
+		},
 	})
 	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{},
 		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership, OnForwarded: s.auditForwarded}

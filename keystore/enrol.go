@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -87,6 +88,13 @@ type clusterState struct {
 	// Admitted maps a node id to when it last used a token to join, so
 	// that a removal is known to be newer than the node's admission.
 	Admitted map[string]time.Time `json:"admitted,omitempty"`
+	// Members is the member allow list, kept by authenticated commands:
+	// the members at init, plus each node admitted with a token, minus
+	// each node revoked. The cluster port admits a raft member only if it
+	// is on it (so a raft configuration change that no authenticated
+	// write backs admits nobody). nil in clusters initialised before it
+	// existed: then the raft configuration alone decides.
+	Members map[string]bool `json:"members,omitempty"`
 }
 
 func (c *clusterState) clone() *clusterState {
@@ -96,6 +104,9 @@ func (c *clusterState) clone() *clusterState {
 	}
 	for k, v := range c.Admitted {
 		out.Admitted[k] = v
+	}
+	if c.Members != nil {
+		out.Members = maps.Clone(c.Members)
 	}
 	for k, v := range c.Tokens {
 		t := *v
@@ -184,6 +195,9 @@ func (ks *Keystore) applyEnrolLocked(e *enrolCmd) any {
 			cs.Admitted = map[string]time.Time{}
 		}
 		cs.Admitted[e.NodeID] = now
+		if cs.Members != nil {
+			cs.Members[e.NodeID] = true
+		}
 	case "revoke":
 		t, ok := cs.Tokens[e.ID]
 		if !ok {
@@ -198,6 +212,7 @@ func (ks *Keystore) applyEnrolLocked(e *enrolCmd) any {
 			cs.Denied = map[string]time.Time{}
 		}
 		cs.Denied[e.NodeID] = e.Now
+		delete(cs.Members, e.NodeID)
 	}
 	return nil
 }
@@ -355,4 +370,16 @@ func (ks *Keystore) RemovalCommitted(nodeID string) bool {
 	at, ok := ks.trust.Denied[nodeID]
 	adm, admitted := ks.trust.Admitted[nodeID]
 	return ok && (!admitted || at.After(adm))
+}
+
+// MemberAllowed reports whether nodeID is on the member allow list (always
+// true in a cluster that has none: initialised before it existed, or not
+// initialised yet).
+func (ks *Keystore) MemberAllowed(nodeID string) bool {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	if ks.trust == nil || ks.trust.Members == nil {
+		return true
+	}
+	return ks.trust.Members[nodeID]
 }

@@ -46,6 +46,9 @@ type Config struct {
 	// changes while unsealed, and with nil on seal. It runs under the
 	// keystore's lock: it must not call back into the Keystore.
 	OnPolicies func(map[string]api.Policy)
+	// InitialMembers, if set, names the cluster's members when it is
+	// initialised: they become the member allow list (enrol.go).
+	InitialMembers func() []string
 	// OnRootChange, if set, is called (in its own goroutine) after a rekey
 	// replaced the root key of this unsealed node, so that the node can seal
 	// the new root key with its device.
@@ -158,6 +161,8 @@ type command struct {
 	Enrol *enrolCmd `json:"enrol,omitempty"`
 	// Epoch is the restore epoch the proposer saw (rollback.go).
 	Epoch uint64 `json:"epoch,omitempty"`
+	// Members: init's member allow list (enrol.go).
+	Members []string `json:"members,omitempty"`
 }
 
 // DecodeCommand parses an encoded command. It is exported for fuzzing and
@@ -179,6 +184,11 @@ func DecodeCommand(b []byte) (*command, error) {
 	case opInit:
 		if c.Seal == nil || len(c.Keyring) == 0 {
 			return nil, fmt.Errorf("%w: init command without seal config or keyring", ErrCorrupt)
+		}
+		for _, m := range c.Members {
+			if !api.ValidNodeID(m) {
+				return nil, fmt.Errorf("%w: init command with a malformed member id", ErrCorrupt)
+			}
 		}
 	case opKeyring:
 		if len(c.Keyring) == 0 {
@@ -273,6 +283,13 @@ func (ks *Keystore) applyLocked(c *command) any {
 		ks.seal = &s
 		ks.keyring = c.Keyring
 		ks.keyringVersion = 1
+		if c.Members != nil {
+			ks.trust = ks.trust.clone()
+			ks.trust.Members = map[string]bool{}
+			for _, m := range c.Members {
+				ks.trust.Members[m] = true
+			}
+		}
 		return nil
 	case opKeyring:
 		if ks.seal == nil {
@@ -443,7 +460,11 @@ func (ks *Keystore) Init(ctx context.Context, root []byte, clusterID string, sha
 	if err != nil {
 		return err
 	}
-	env := sealEnvelope(k, sc.ClusterID, encodeCommand(&command{Op: opInit, Seal: sc, Keyring: blob}))
+	var members []string
+	if ks.cfg.InitialMembers != nil {
+		members = ks.cfg.InitialMembers()
+	}
+	env := sealEnvelope(k, sc.ClusterID, encodeCommand(&command{Op: opInit, Seal: sc, Keyring: blob, Members: members}))
 	clear(k)
 	if ks.cfg.Proposer == nil {
 		return errors.New("keystore has no proposer")
