@@ -171,6 +171,26 @@ func TestE2E_Cluster_CertificateAloneChangesNothing(t *testing.T) {
 		}
 	}
 
+	// Another CA's certificate (for a member's id, even) and a client
+	// offering only classical key exchanges: refused at the handshake.
+	otherCA := t.TempDir()
+	runCoffer(t, "tls", "ca", "create", "--out", otherCA)
+	runCoffer(t, "tls", "cert", "create", "--ca", otherCA, "--node", "node2", "--ip", "127.0.0.1", "--out", otherCA)
+	foreign := newPeerClient(t, otherCA, "node2")
+	foreign.cfg.RootCAs = evil.cfg.RootCAs // it trusts our nodes; they must not trust it
+	classical := newPeerClient(t, c.tlsDir, "node2")
+	classical.cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+	for _, addr := range c.addrs[:3] {
+		for name, pc := range map[string]*peerClient{"another CA": foreign, "classical key exchange": classical} {
+			if st, out := pc.rpc(addr, "/rpc/read-index", nil); st != 0 {
+				t.Errorf("%s on %s: %d %s, want the handshake refused", name, addr, st, out)
+			}
+			if pc.raftServed(addr) {
+				t.Errorf("%s on %s: raft served", name, addr)
+			}
+		}
+	}
+
 	// A write through a follower is audited on the leader with its origin.
 	lead, _ := waitLeader(t, c.nodes[:3], 5*time.Second)
 	via := without(c.nodes[:3], lead)[0]
