@@ -24,16 +24,18 @@ import (
 // can open the keyring (holds the root key) derives it; nothing on disk
 // without the root key gives it.
 //
-// MAC = HMAC-SHA256(K, "coffer-raft-command-v1" 0x00 cluster-id 0x00 cmd),
-// where cmd is the exact bytes of the inner command: the MAC is bound to the
-// cluster and to the whole content (operation, path, expected version,
-// record, keyring, enrolment data). It travels in an envelope
-// {"f":2,"mac":…,"cmd":{…}}.
+// MAC = HMAC-SHA256(K, "coffer-raft-command-v1" 0x00 cluster-id 0x00
+// SHA-256(cmd)), where cmd is the exact bytes of the inner command: the MAC
+// is bound to the cluster and to the whole content (operation, path,
+// expected version, record, keyring, enrolment data, restore epoch). It
+// travels in an envelope {"f":2,"mac":…,"cmd":{…}}. (The digest lets a
+// sealed node keep 64 bytes per command to verify later, not the command.)
 //
 // A sealed node cannot verify. It applies the command (so that all nodes
 // keep one replicated state and the node can unseal at all: the keyring and
 // the seal configuration come from the log), but keeps every command it
-// applied unverified (Keystore.unverified, also in snapshots). Unseal
+// applied unverified, as its digest and MAC (Keystore.unverified, also in
+// snapshots; at most maxUnverified, 64 MiB). Unseal
 // verifies them all with K before the node serves anything; if one does not
 // verify, the node was fed a forged command (only a hostile leader can
 // commit one: an unsealed leader checks forwarded commands before appending
@@ -97,13 +99,24 @@ func cmdMACKey(term1 []byte) ([]byte, error) {
 }
 
 func commandMAC(k []byte, clusterID string, inner []byte) []byte {
+	d := sha256.Sum256(inner)
+	return commandDigestMAC(k, clusterID, d[:])
+}
+
+func commandDigestMAC(k []byte, clusterID string, digest []byte) []byte {
 	m := hmac.New(sha256.New, k)
 	m.Write([]byte(cmdMACDomain))
 	m.Write([]byte{0})
 	m.Write([]byte(clusterID))
 	m.Write([]byte{0})
-	m.Write(inner)
+	m.Write(digest)
 	return m.Sum(nil)
+}
+
+// unverifiedEntry returns what a sealed node keeps of a command it applied.
+func unverifiedEntry(inner, mac []byte) snapProof {
+	d := sha256.Sum256(inner)
+	return snapProof{Digest: d[:], MAC: mac}
 }
 
 // sealEnvelope wraps inner with its MAC under k.
@@ -237,9 +250,8 @@ func (ks *Keystore) verifyUnverifiedLocked() error {
 		return err
 	}
 	defer clear(k)
-	for i, b := range ks.unverified {
-		inner, mac, err := splitEnvelope(b)
-		if err != nil || mac == nil || !hmac.Equal(mac, commandMAC(k, ks.seal.ClusterID, inner)) {
+	for i, u := range ks.unverified {
+		if u.MAC == nil || !hmac.Equal(u.MAC, commandDigestMAC(k, ks.seal.ClusterID, u.Digest)) {
 			return fmt.Errorf("%w: command %d of %d applied while this node was sealed was forged: this node's state cannot be trusted; remove it, wipe its data_dir and join it again (the other members refused the command)", ErrUnauthenticated, i+1, len(ks.unverified))
 		}
 	}

@@ -93,7 +93,7 @@ type Keystore struct {
 	// command was applied; unverified holds the commands applied while
 	// sealed, verified at unseal.
 	authOn             bool
-	unverified         [][]byte
+	unverified         []snapProof
 	unverifiedOverflow bool
 	// No rollback (rollback.go): tombs keeps a deleted path's counter;
 	// epoch grows with every snapshot restore.
@@ -263,7 +263,7 @@ func (ks *Keystore) Apply(b []byte) any {
 		}
 		if keep {
 			if len(ks.unverified) < maxUnverified {
-				ks.unverified = append(ks.unverified, b)
+				ks.unverified = append(ks.unverified, unverifiedEntry(inner, mac))
 			} else {
 				ks.unverifiedOverflow = true
 			}
@@ -708,9 +708,9 @@ type Snapshot struct {
 	// Trust: enrolment tokens and the deny list (absent in older snapshots).
 	Trust *clusterState `json:"trust,omitempty"`
 	// AuthOn and Unverified: command authentication (cmdauth.go).
-	AuthOn             bool     `json:"auth_on,omitempty"`
-	Unverified         [][]byte `json:"unverified,omitempty"`
-	UnverifiedOverflow bool     `json:"unverified_overflow,omitempty"`
+	AuthOn             bool        `json:"auth_on,omitempty"`
+	Unverified         []snapProof `json:"unverified,omitempty"`
+	UnverifiedOverflow bool        `json:"unverified_overflow,omitempty"`
 	// Tombs and Epoch: no rollback (rollback.go).
 	Tombs map[string]uint64 `json:"tombs,omitempty"`
 	Epoch uint64            `json:"epoch,omitempty"`
