@@ -323,6 +323,8 @@ type fsm struct {
 	// started: raft has restored this node's own snapshot at start; any
 	// later restore comes from elsewhere (InstallSnapshot, a user restore).
 	started atomic.Bool
+	// offline: cofferd recover's replay (its snapshot stays local).
+	offline bool
 }
 
 // RemoteRestorer is implemented by a StateMachine that checks snapshots
@@ -339,7 +341,19 @@ func (f *fsm) Apply(l *raft.Log) any {
 	return f.sm.Apply(l.Data)
 }
 
-func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return &snapshot{write: f.sm.SnapshotTo()}, nil }
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	// A sealed node of an initialised cluster cannot authenticate a
+	// snapshot, and raft may ship this node's newest snapshot to others
+	// (InstallSnapshot) once it leads, which they would refuse: it keeps
+	// its log instead until it is unsealed. (Offline recovery snapshots
+	// stay on the node: allowed.)
+	if ss, ok := f.sm.(SealState); ok && !f.offline && ss.Initialized() && ss.Sealed() {
+		return nil, errSealedSnapshot
+	}
+	return &snapshot{write: f.sm.SnapshotTo()}, nil
+}
+
+var errSealedSnapshot = errors.New("not taking a snapshot while sealed: it could not be authenticated; the raft log is kept until the node is unsealed")
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
@@ -549,7 +563,7 @@ func Recover(cfg Config, peers []Peer) error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = cfg.Logger.Named("raft")
-	return raft.RecoverCluster(rc, &fsm{sm: cfg.FSM, snaps: snaps}, store, store, snaps, trans, conf)
+	return raft.RecoverCluster(rc, &fsm{sm: cfg.FSM, snaps: snaps, offline: true}, store, store, snaps, trans, conf)
 }
 
 // OnLeaderChange calls fn (from a goroutine of its own, in order) with the

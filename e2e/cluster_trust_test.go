@@ -28,7 +28,7 @@ func issueToken(t *testing.T, admin *daemon, nodeID string) string {
 	t.Helper()
 	var out api.EnrolTokenResponse
 	if err := json.Unmarshal([]byte(admin.mustCoffer("", "--format", "json", "operator", "enrol", "token", "create", "--node", nodeID, "--ttl", "10m")), &out); err != nil || !strings.HasPrefix(out.Token, "coffer-enrol-") {
-		t.Fatalf("token create: %+v %v", out, err)
+		t.Fatalf("token create: node %q, expires %v, %v (token not shown)", out.NodeID, out.ExpiresAt, err)
 	}
 	return out.Token
 }
