@@ -520,6 +520,10 @@ func TestOperationFor(t *testing.T) {
 		{"POST", "/v1/sys/raft/join", "raft-join"},
 		{"GET", "/v1/sys/raft/snapshot", "raft-snapshot-save"},
 		{"POST", "/v1/sys/raft/snapshot", "raft-snapshot-restore"},
+		{"POST", "/v1/sys/enrol/tokens", "enrol-token-create"},
+		{"GET", "/v1/sys/enrol/tokens", "enrol-token-list"},
+		{"DELETE", "/v1/sys/enrol/tokens/0011", "enrol-token-revoke"},
+		{"DELETE", "/v1/sys/enrol/tokens/a/b", "unknown"},
 		{"GET", "/other", "unknown"},
 	} {
 		if got := operationFor(c.method, c.path); got != c.want {
