@@ -291,3 +291,67 @@ func TestTrust_OnlyMembersTalk(t *testing.T) {
 		t.Errorf("raw remove by a member: %d %s", st, out)
 	}
 }
+
+// TestTrust_ForgedEntriesRefusedByEveryFSM: a hostile leader (simulated:
+// it appends to its raft log directly, skipping the leader's check) commits
+// a command without the keyring's MAC, as a member certificate without the
+// root key would make. Every unsealed node's FSM refuses it and keeps its
+// state; a sealed node applies it but refuses to unseal afterwards.
+func TestTrust_ForgedEntriesRefusedByEveryFSM(t *testing.T) {
+	tlsDir := t.TempDir()
+	now := time.Now()
+	if _, _, err := tlsutil.CreateCA(tlsDir, 30, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"node1", "node2", "node3"} {
+		newCert(t, tlsDir, id, now)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n1 := newTrustNode(t, tlsDir, "node1", true)
+	if err := n1.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n2 := newTrustNode(t, tlsDir, "node2", false)
+	n3 := newTrustNode(t, tlsDir, "node3", false)
+	for _, n := range []*trustNode{n2, n3} {
+		if err := n.Join(ctx, n1.cfg.Net.AdvertiseAddr, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := bytes.Repeat([]byte{5}, keystore.RootKeySize)
+	if err := n1.ks.Init(ctx, root, "c1", 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "node2 initialised", n2.ks.Initialized)
+	if err := n2.ks.Unseal(root); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.ks.CreateKey(ctx, "victim", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	has := func(n *trustNode) bool { _, ok := n.ks.Snapshot().Entries["keys/victim"]; return ok }
+	waitTrue(t, "the key everywhere", func() bool { return has(n2) && has(n3) })
+	forged := []byte(`{"f":1,"op":"delete","path":"keys/victim","expect":1}`)
+	if err := n1.ks.VerifyCommand(forged); err == nil {
+		t.Fatal("the leader's check passed a forged command")
+	}
+	f := n1.raft.Apply(forged, 5*time.Second) // what a hostile leader does
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := f.Response().(error); !errors.Is(r, keystore.ErrUnauthenticated) {
+		t.Fatalf("leader FSM: %v", f.Response())
+	}
+	for _, n := range []*trustNode{n2, n3} {
+		if err := n.waitApplied(ctx, f.Index()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !has(n1) || !has(n2) {
+		t.Fatal("an unsealed FSM applied a forged command")
+	}
+	if err := n3.ks.Unseal(root); !errors.Is(err, keystore.ErrUnauthenticated) || !n3.ks.Sealed() {
+		t.Fatalf("sealed node unseals after applying a forged command: %v", err)
+	}
+}
