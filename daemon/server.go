@@ -46,6 +46,9 @@ type Options struct {
 	// DeviceCheckInterval is how often the seal device's health is checked
 	// (default 10s).
 	DeviceCheckInterval time.Duration
+	// ReadTimeout bounds reading one request, headers and body (default
+	// 30s); tests shorten it.
+	ReadTimeout time.Duration
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
@@ -88,6 +91,8 @@ type Server struct {
 	deviceInterval time.Duration
 	ln             net.Listener
 	http           *http.Server
+	limiter        *connLimiter  // connection caps (limits.go)
+	readTimeout    time.Duration // Options.ReadTimeout
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
@@ -129,6 +134,10 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.schedInterval == 0 {
 		s.schedInterval = 30 * time.Second
+	}
+	s.readTimeout = opts.ReadTimeout
+	if s.readTimeout == 0 {
+		s.readTimeout = defaultReadTimeout
 	}
 	s.deviceInterval = opts.DeviceCheckInterval
 	if s.deviceInterval == 0 {
@@ -397,12 +406,17 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // ServeListener serves on ln (e.g. a socket-activated listener).
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	s.limiter = newConnLimiter(s.cfg.Listener.MaxConnsPerUID, s.cfg.Listener.MaxConns, s.log.Named("limits"))
+	ln = &limitListener{Listener: ln, lim: s.limiter}
 	s.ln = ln
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		ConnContext:       connContext,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       s.readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 	s.every(s.schedInterval, s.runSchedule)
