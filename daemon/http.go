@@ -319,13 +319,8 @@ func (s *Server) fail(rc *reqCtx, err error) int {
 		d.Message = fmt.Sprintf("internal error (request %s): see the cofferd log", rc.id)
 		s.log.Error("internal error", "request-id", rc.id, "path", rc.r.URL.Path, "error", err)
 	}
-	if status == http.StatusForbidden {
-		who := "unidentified"
-		if rc.caller != nil {
-			who = rc.caller.String()
-		}
-		s.log.Warn("request denied", "request-id", rc.id, "method", rc.r.Method, "path", rc.r.URL.Path, "caller", who)
-	}
+	// A denial's WARN line is written with its audit entry (finishRequest),
+	// so that a flood of them is coalesced there too.
 	writeJSON(rc.w, status, api.ErrorBody{Error: d})
 	return status
 }

@@ -420,6 +420,7 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 	s.every(s.schedInterval, s.runSchedule)
+	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
 	if s.seal != nil {
 		s.every(s.deviceInterval, s.checkDevice)
 		s.every(time.Second, s.retryAutoUnseal)

@@ -27,9 +27,11 @@ type testNode struct {
 	srv    *Server
 	client *http.Client
 	logs   *bytes.Buffer
-	cfg    *config.Config
-	cancel context.CancelFunc
-	done   chan struct{}
+	// logsWriter guards logs (logString).
+	logsWriter *syncWriter
+	cfg        *config.Config
+	cancel     context.CancelFunc
+	done       chan struct{}
 }
 
 // startNode runs a Server on a real unix socket in a temp dir.
@@ -55,7 +57,8 @@ func startNodeOpts(t testing.TB, dataDir string, mutate func(*config.Config), op
 		mutate(cfg)
 	}
 	logs := &bytes.Buffer{}
-	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: &syncWriter{w: logs}})
+	sw := &syncWriter{w: logs, mu: make(chan struct{}, 1)}
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: sw})
 	opts := Options{Config: cfg, Logger: log, Version: "test", SchedulerInterval: 50 * time.Millisecond}
 	if opt != nil {
 		opt(&opts)
@@ -65,7 +68,7 @@ func startNodeOpts(t testing.TB, dataDir string, mutate func(*config.Config), op
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &testNode{t: t, srv: srv, logs: logs, cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	n := &testNode{t: t, srv: srv, logs: logs, logsWriter: sw, cfg: cfg, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(n.done)
 		if err := srv.Serve(ctx); err != nil {
