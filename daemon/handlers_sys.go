@@ -20,12 +20,12 @@ import (
 )
 
 func (s *Server) handleStatus(rc *reqCtx) error {
-	writeJSON(rc.w, http.StatusOK, s.status())
+	writeJSON(rc.w, http.StatusOK, s.statusFor(rc))
 	return nil
 }
 
 func (s *Server) handleHealth(rc *reqCtx) error {
-	st := s.status()
+	st := s.statusFor(rc)
 	code := http.StatusOK
 	switch {
 	case !st.Initialized:

@@ -67,8 +67,9 @@ var (
 		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
 		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
 		"rekey":  {"POST": {accessAdmin, "", (*Server).handleRekey}},
-		// metrics is open like status: counts only, no key or secret.
-		"metrics":    {"GET": {accessOpen, "", (*Server).handleMetrics}},
+		// metrics names callers (uid, unit) and their traffic: admins
+		// only; aggregate metrics are on the telemetry listener.
+		"metrics":    {"GET": {accessAdminSealed, "", (*Server).handleMetrics}},
 		"audit-hash": {"POST": {accessAdmin, "", (*Server).handleAuditHash}},
 	}
 	keysRoutes = map[string]route{

@@ -91,7 +91,9 @@ type Server struct {
 	deviceInterval time.Duration
 	ln             net.Listener
 	http           *http.Server
-	limiter        *connLimiter  // connection caps (limits.go)
+	limiter        *connLimiter // connection caps (limits.go)
+	telemetry      *http.Server // the Prometheus TCP listener, nil without (telemetry.go)
+	telemetryAddr  string
 	readTimeout    time.Duration // Options.ReadTimeout
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
@@ -419,6 +421,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
+	if err := s.serveTelemetry(); err != nil {
+		ln.Close()
+		return err
+	}
 	s.every(s.schedInterval, s.runSchedule)
 	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
 	if s.seal != nil {
@@ -453,6 +459,7 @@ func (s *Server) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			s.http.Shutdown(ctx)
 			cancel()
+			s.closeTelemetry()
 		}
 		s.wg.Wait()
 		s.ks.Seal()
