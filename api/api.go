@@ -53,6 +53,10 @@ const CodeTooManyRequests = "too_many_requests"
 // the daemon buffer megabytes each.
 const MaxOpenBody = 4 << 10
 
+// KeyTypeXAES256GCM is C2SP XAES-256-GCM: 192-bit random nonces, for keys
+// that encrypt billions of times (no nonce budget, no forced rotation).
+const KeyTypeXAES256GCM = "xaes256-gcm"
+
 // Key types.
 const (
 	KeyTypeAES256GCM        = "aes256-gcm"

@@ -49,6 +49,8 @@ type Options struct {
 	// ReadTimeout bounds reading one request, headers and body (default
 	// 30s); tests shorten it.
 	ReadTimeout time.Duration
+	// NonceBudget overrides keystore.DefaultNonceBudget (tests).
+	NonceBudget uint64
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
@@ -104,6 +106,11 @@ type Server struct {
 	// (reseal, and the reseal after a rekey), so that a slow device seal of
 	// an older root key never overwrites the blob of a newer one.
 	blobMu sync.Mutex
+
+	// nonceMu guards nonce, the persisted and reported encryption counts
+	// (nonce.go).
+	nonceMu sync.Mutex
+	nonce   nonceState
 }
 
 // New opens the node's state (raft under data_dir) and its seal device, and
@@ -156,7 +163,11 @@ func New(opts Options) (*Server, error) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
 		OnRootChange: s.resealAfterRekey,
+		NonceBudget:  opts.NonceBudget,
 	})
+	if err := s.loadNonceCounts(); err != nil {
+		return nil, err
+	}
 	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{}}
 	if c := cfg.Cluster; c != nil {
 		srvTLS, err := tlsutil.ServerConfig(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile)
@@ -426,6 +437,7 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	s.every(s.schedInterval, s.runSchedule)
+	s.every(s.schedInterval, s.nonceTick)
 	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
 	if s.seal != nil {
 		s.every(s.deviceInterval, s.checkDevice)
@@ -462,6 +474,7 @@ func (s *Server) Close() error {
 			s.closeTelemetry()
 		}
 		s.wg.Wait()
+		s.saveExactNonceCounts()
 		s.ks.Seal()
 		s.resetProgress()
 		err = s.node.Close()
