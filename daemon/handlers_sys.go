@@ -56,7 +56,7 @@ func (s *Server) handleInit(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(rc.w, http.StatusOK, resp)
+	writeShares(rc.w, resp.Shares, resp.Encrypted) // not encoding/json: zeroing.go
 	return nil
 }
 
