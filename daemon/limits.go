@@ -71,8 +71,21 @@ type connLimiter struct {
 }
 
 func newConnLimiter(maxPerUID, maxTotal int, log hclog.Logger) *connLimiter {
+	// The caps only bound anything below the file descriptor limit (Go
+	// raises the soft limit to the hard one at start): past it, accept
+	// fails for everyone, admins included.
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < uint64(maxTotal+adminReserve+fdHeadroom) {
+		log.Warn("listener max_conns is above what the file descriptor limit allows: lower max_conns or raise LimitNOFILE=",
+			"max-conns", maxTotal, "fd-limit", rl.Cur, "needed", maxTotal+adminReserve+fdHeadroom)
+	}
 	return &connLimiter{maxPerUID: maxPerUID, maxTotal: maxTotal, perUID: map[uint32]int{}, log: log}
 }
+
+// fdHeadroom is what cofferd needs besides API connections: raft peers and
+// its log and snapshot files, the audit log, the device, the telemetry
+// listener.
+const fdHeadroom = 256
 
 // acquire counts a new connection of uid. over says the connection is
 // beyond a cap (answer 429 unless the caller is an admin); drop says it is
