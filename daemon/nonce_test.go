@@ -40,7 +40,7 @@ func keyVersion(t *testing.T, n *testNode, key string) int {
 func TestServer_NonceBudgetRotation(t *testing.T) {
 	const budget = 20
 	dir := t.TempDir()
-	opt := func(o *Options) { o.NonceBudget = budget }
+	opt := func(o *Options) { o.NonceBudget, o.NonceInterval = budget, 50*time.Millisecond }
 	n := startNodeOpts(t, dir, nil, opt)
 	shares := n.init(1, 1)
 	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "hot"}, nil, 201)

@@ -51,6 +51,9 @@ type Options struct {
 	ReadTimeout time.Duration
 	// NonceBudget overrides keystore.DefaultNonceBudget (tests).
 	NonceBudget uint64
+	// NonceInterval is how often encryption counts are persisted and
+	// reported, and the leader checks the budget (default 5s).
+	NonceInterval time.Duration
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
@@ -97,6 +100,7 @@ type Server struct {
 	telemetry      *http.Server // the Prometheus TCP listener, nil without (telemetry.go)
 	telemetryAddr  string
 	readTimeout    time.Duration // Options.ReadTimeout
+	nonceInterval  time.Duration // Options.NonceInterval
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
@@ -143,6 +147,10 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.schedInterval == 0 {
 		s.schedInterval = 30 * time.Second
+	}
+	s.nonceInterval = opts.NonceInterval
+	if s.nonceInterval == 0 {
+		s.nonceInterval = 5 * time.Second
 	}
 	s.readTimeout = opts.ReadTimeout
 	if s.readTimeout == 0 {
@@ -437,7 +445,7 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	s.every(s.schedInterval, s.runSchedule)
-	s.every(s.schedInterval, s.nonceTick)
+	s.every(s.nonceInterval, s.nonceTick)
 	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
 	if s.seal != nil {
 		s.every(s.deviceInterval, s.checkDevice)
