@@ -2,15 +2,19 @@ package daemon
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/daemon/auth"
+	"github.com/coffer-kms/coffer/daemon/config"
 )
 
 // TestServer_DeniedFloodAudit is the audit-flood attack: 5,000 denied
@@ -47,6 +51,10 @@ func TestServer_DeniedFloodAudit(t *testing.T) {
 			case <-stop:
 				return
 			default:
+			}
+			if len(servedIDs) == 100 { // bounded: the test measures the flood, not these
+				time.Sleep(5 * time.Millisecond)
+				continue
 			}
 			st, id, body := n.raw(granted, "POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`)
 			if st != 200 {
@@ -184,4 +192,73 @@ func (n *testNode) logString() string {
 	sw.mu <- struct{}{}
 	defer func() { <-sw.mu }()
 	return n.logs.String()
+}
+
+// TestServer_DeniedFloodAuditSocket is the flood of the issue as it was
+// measured: uid 65534, no policy, 5,000 denied unwraps on one keep-alive
+// connection of the real socket, while root keeps wrapping; the audit log
+// grows by less than 500 KB and still verifies.
+func TestServer_DeniedFloodAuditSocket(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to connect as another uid")
+	}
+	n := startNode(t, t.TempDir(), func(c *config.Config) { c.Listener.Mode = 0o666 })
+	os.Chmod(filepath.Dir(n.cfg.Listener.Path), 0o755)
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	st0, _ := os.Stat(n.cfg.AuditPath())
+	exe := copyTestBinary(t)
+
+	stop := make(chan struct{})
+	served := make(chan int)
+	go func() {
+		ok := 0
+		defer func() { served <- ok }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if ok == 100 { // bounded: the test measures the flood, not these
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			if st, _, _ := n.raw(nil, "POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`); st != 200 {
+				t.Errorf("authorised wrap during the flood: %d", st)
+				return
+			}
+			ok++
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	cmd := exec.Command(exe, "-test.run=^TestHelperFlood$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "COFFER_TEST_FLOOD_SOCK="+n.cfg.Listener.Path, "COFFER_TEST_FLOOD_N=5000", "COFFER_TEST_FLOOD_PATH=/v1/keys/app/unwrap")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.Output()
+	close(stop)
+	ok := <-served
+	if err != nil {
+		t.Fatalf("flood helper: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "RESULT 5000\n") {
+		t.Fatalf("flood helper: %s, want 5000 denied", out)
+	}
+	var entries []*audit.Entry
+	waitFor(t, "every denied request accounted for", 5*time.Second, func() bool {
+		_, entries = auditLog(t, n)
+		return accounted(entries, 65534) == 5000
+	})
+	st1, _ := os.Stat(n.cfg.AuditPath())
+	grew := st1.Size() - st0.Size()
+	t.Logf("5,000 denied unwraps from uid 65534 on one connection (+%d authorised wraps): audit grew %d KB", ok, grew/1000)
+	if grew >= 500_000 {
+		t.Fatalf("audit grew %d bytes, want < 500 KB", grew)
+	}
+	if ok == 0 {
+		t.Fatal("the authorised caller was never served")
+	}
+	if findOp(entries, audit.TypeEvent, "unusual-access") == nil {
+		t.Error("no unusual-access event")
+	}
 }

@@ -290,3 +290,38 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestHelperFlood is not a test: run by TestServer_DeniedFloodAuditSocket
+// as another uid, it sends COFFER_TEST_FLOOD_N requests for PATH on one
+// keep-alive connection and prints how many were answered 403.
+func TestHelperFlood(t *testing.T) {
+	sock := os.Getenv("COFFER_TEST_FLOOD_SOCK")
+	if sock == "" {
+		t.Skip("helper process for TestServer_DeniedFloodAuditSocket")
+	}
+	n, _ := strconv.Atoi(os.Getenv("COFFER_TEST_FLOOD_N"))
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		fmt.Println("RESULT dial-error")
+		return
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req := "POST " + os.Getenv("COFFER_TEST_FLOOD_PATH") + " HTTP/1.1\r\nHost: coffer\r\nContent-Type: application/json\r\nContent-Length: 18\r\n\r\n{\"ciphertext\":\"x\"}"
+	denied := 0
+	for i := 0; i < n; i++ {
+		if _, err := io.WriteString(c, req); err != nil {
+			break
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			break
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 403 {
+			denied++
+		}
+	}
+	fmt.Printf("RESULT %d\n", denied)
+}
