@@ -40,8 +40,8 @@ const coalesceAfter = 10
 const maxCoalesceDetail = 8
 
 type coalesceKey struct {
-	uid  int64 // -1: unidentified
-	unit string
+	uid  int64  // -1: unidentified
+	unit string // system units only
 }
 
 type coalesceBucket struct {
@@ -70,7 +70,13 @@ func newCoalescer(now func() time.Time) *coalescer {
 func (c *coalescer) suppress(caller *auth.Caller, id, op, outcome, code string) (coalesced bool, done []*audit.Entry) {
 	k := coalesceKey{uid: -1}
 	if caller != nil {
-		k = coalesceKey{uid: int64(caller.UID), unit: callerUnit(caller)}
+		k = coalesceKey{uid: int64(caller.UID)}
+		// A system unit is the administrator's: its own caller. A unit of a
+		// per-user manager is named by the user, who could start one per
+		// request to escape coalescing: those count as their uid.
+		if !caller.UserUnit {
+			k.unit = caller.Unit
+		}
 	}
 	sec := c.now().Unix()
 	c.mu.Lock()

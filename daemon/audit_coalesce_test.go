@@ -183,6 +183,19 @@ func TestCoalescer(t *testing.T) {
 	if len(c.buckets) != 1 {
 		t.Fatalf("%d buckets left, want only the current second's", len(c.buckets))
 	}
+	// Units of a per-user manager are the user's to name: a fresh one per
+	// request still counts as the same caller.
+	now = now.Add(time.Second)
+	coalesced := 0
+	for i := 0; i < 20; i++ {
+		u := &auth.Caller{UID: 9, Unit: "run-" + strconv.Itoa(i) + ".service", UserUnit: true}
+		if got, _ := c.suppress(u, "u"+strconv.Itoa(i), "wrap", audit.OutcomeDenied, ""); got {
+			coalesced++
+		}
+	}
+	if coalesced != 20-coalesceAfter {
+		t.Fatalf("user units escaped coalescing: %d of 20 coalesced", coalesced)
+	}
 }
 
 // logString reads the node's log so far (the log writer is synchronised;
