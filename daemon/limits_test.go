@@ -325,3 +325,22 @@ func TestHelperFlood(t *testing.T) {
 	}
 	fmt.Printf("RESULT %d\n", denied)
 }
+
+// TestServer_ConnCapsDefaults: with the default caps, the load generators
+// of the benchmarks (32 connections from one non-admin uid) are served.
+func TestServer_ConnCapsDefaults(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to connect as another uid")
+	}
+	n := startNode(t, t.TempDir(), func(c *config.Config) { c.Listener.Mode = 0o666 })
+	os.Chmod(filepath.Dir(n.cfg.Listener.Path), 0o755)
+	h := holdConns(t, copyTestBinary(t), n.cfg.Listener.Path, 65534, 32)
+	for i, r := range h.result {
+		if r != "200//" {
+			t.Fatalf("connection %d of 32 from one uid with the default caps: %s", i, r)
+		}
+	}
+	if len(h.result) != 32 {
+		t.Fatalf("%d results", len(h.result))
+	}
+}
