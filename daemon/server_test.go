@@ -78,13 +78,16 @@ func startNodeOpts(t testing.TB, dataDir string, mutate func(*config.Config), op
 	n.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.Listener.Path)
 	}}}
+	// Wait until the socket accepts, not merely exists: the file appears at
+	// bind(), a moment before listen(), and a dial in between is refused.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := os.Stat(cfg.Listener.Path); err == nil {
+		if c, err := net.Dial("unix", cfg.Listener.Path); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("socket never appeared")
+			t.Fatal("socket never accepted a connection")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
