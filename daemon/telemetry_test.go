@@ -132,3 +132,40 @@ func TestServer_StatusPrivacy(t *testing.T) {
 		t.Errorf("non-admin audit_error %q, want %q", st.AuditError, genericAuditError)
 	}
 }
+
+// TestServer_StatusPrivacyDevice: a node whose seal device lost its key
+// file is sealed with a reason (and device error) that names the file; a
+// non-admin sees only the generic texts.
+func TestServer_StatusPrivacyDevice(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "dev-seal.key")
+	soft := func(c *config.Config) {
+		c.Dev = true
+		c.Seal = &config.SealConfig{Type: "soft", Soft: &config.SoftSealConfig{KeyFile: keyFile}}
+	}
+	n := startNode(t, dir, soft)
+	n.init(1, 1)
+	n.stop()
+	os.Remove(keyFile)
+	os.Mkdir(keyFile, 0o700) // the device cannot open its key: a device error
+	n = startNode(t, dir, soft)
+	var admin api.Status
+	n.must("GET", "/v1/sys/status", nil, &admin, 200)
+	if !admin.Sealed || !strings.Contains(admin.SealedReason+admin.SealDeviceError, dir) {
+		t.Fatalf("admin status does not name the device's file: %+v", admin)
+	}
+	t.Logf("admin: sealed_reason %q, seal_device_error %q", admin.SealedReason, admin.SealDeviceError)
+	stranger := &auth.Caller{UID: 3003, GID: 3003, Groups: []uint32{3003}}
+	_, _, body := n.raw(stranger, "GET", "/v1/sys/status", "")
+	if strings.Contains(string(body), dir) || strings.Contains(string(body), "dev-seal") {
+		t.Fatalf("non-admin status names the device's file: %s", body)
+	}
+	var st api.Status
+	json.Unmarshal(body, &st)
+	if admin.SealDeviceError == "" {
+		t.Fatal("no seal_device_error to hide: the test does not exercise it")
+	}
+	if st.SealedReason != genericSealed || st.SealDeviceError != genericDeviceError {
+		t.Fatalf("non-admin status %+v", st)
+	}
+}
