@@ -40,6 +40,7 @@ FUZZ_TARGETS := \
 	./keystore/shamir:FuzzParse \
 	./keystore/shamir:FuzzCombine \
 	./keystore:FuzzParseCiphertext \
+	./keystore:FuzzXAESOpen \
 	./keystore:FuzzDecodeCommand \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \

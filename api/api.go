@@ -43,6 +43,20 @@ const (
 	DefaultDataKey = 32
 )
 
+// CodeTooManyRequests (429): the caller's or the node's connection cap is
+// reached; the answer carries Retry-After.
+const CodeTooManyRequests = "too_many_requests"
+
+// MaxOpenBody bounds the body of an open endpoint (unseal) and of any
+// request whose caller is not yet known to be allowed: MaxBody applies only
+// once the grant check passed, so that callers without a grant cannot make
+// the daemon buffer megabytes each.
+const MaxOpenBody = 4 << 10
+
+// KeyTypeXAES256GCM is C2SP XAES-256-GCM: 192-bit random nonces, for keys
+// that encrypt billions of times (no nonce budget, no forced rotation).
+const KeyTypeXAES256GCM = "xaes256-gcm"
+
 // Key types.
 const (
 	KeyTypeAES256GCM        = "aes256-gcm"

@@ -62,6 +62,8 @@ func TestCommands_RequestAndOutput(t *testing.T) {
 			wantBody: `{"name":"billing-db","type":"aes256-gcm","rotation_period":"720h"}`, wantContains: []string{"Name                     billing-db", "Rotation period          720h", "VERSION   CREATED", "2         2026-11-20T10:00:00Z"}},
 		{name: "key create chacha", args: []string{"key", "create", "--type", "chacha20-poly1305", "k1"}, method: "POST", path: "/v1/keys", status: 201, resp: keyBody,
 			wantBody: `{"name":"k1","type":"chacha20-poly1305"}`},
+		{name: "key create xaes", args: []string{"key", "create", "--type", "xaes256-gcm", "k1"}, method: "POST", path: "/v1/keys", status: 201, resp: keyBody,
+			wantBody: `{"name":"k1","type":"xaes256-gcm"}`},
 		{name: "key list", args: []string{"key", "list"}, method: "GET", path: "/v1/keys", status: 200, resp: `{"keys":["a","billing-db"]}`,
 			wantExact: ptr("NAME\na\nbilling-db\n")},
 		{name: "key list empty", args: []string{"key", "list"}, method: "GET", path: "/v1/keys", status: 200, resp: `{"keys":[]}`,

@@ -67,11 +67,11 @@ func (e *env) keyCreateCommand() *ucli.Command {
 	return e.newCmd(&ucli.Command{
 		Name:      "create",
 		Usage:     "create a key",
-		UsageText: "coffer key create NAME [--type aes256-gcm|chacha20-poly1305] [--rotation-period DUR]",
+		UsageText: "coffer key create NAME [--type aes256-gcm|xaes256-gcm|chacha20-poly1305] [--rotation-period DUR]",
 		Description: "Creates a named key with its first version. NAME is 1-128 letters, digits,\n" +
 			"'.', '_' or '-', starting with a letter or digit.",
 		Flags: []ucli.Flag{
-			&ucli.StringFlag{Name: "type", Usage: "key type: aes256-gcm or chacha20-poly1305", Value: api.KeyTypeAES256GCM},
+			&ucli.StringFlag{Name: "type", Usage: "key type: aes256-gcm, xaes256-gcm (192-bit nonces: for keys that encrypt billions of times) or chacha20-poly1305", Value: api.KeyTypeAES256GCM},
 			rotationPeriodFlag(),
 		},
 	}, `coffer key create billing-db
@@ -81,8 +81,8 @@ coffer key create billing-db --type chacha20-poly1305 --rotation-period 720h`, 1
 			return err
 		}
 		req := api.CreateKeyRequest{Name: name, Type: x.c.String("type"), RotationPeriod: x.c.String("rotation-period")}
-		if req.Type != api.KeyTypeAES256GCM && req.Type != api.KeyTypeChaCha20Poly1305 {
-			return usagef("invalid --type %q: use %s or %s", req.Type, api.KeyTypeAES256GCM, api.KeyTypeChaCha20Poly1305)
+		if req.Type != api.KeyTypeAES256GCM && req.Type != api.KeyTypeXAES256GCM && req.Type != api.KeyTypeChaCha20Poly1305 {
+			return usagef("invalid --type %q: use %s, %s or %s", req.Type, api.KeyTypeAES256GCM, api.KeyTypeXAES256GCM, api.KeyTypeChaCha20Poly1305)
 		}
 		if x.c.IsSet("rotation-period") {
 			if err := checkDuration("rotation-period", req.RotationPeriod, 0); err != nil {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,7 +38,11 @@ type auditor struct {
 	w     *audit.Writer
 	m     *metrics
 	rules *anomaly
-	log   hclog.Logger
+	coal  *coalescer // coalesced entries of failing floods (audit_coalesce.go)
+	// lastWarn (unix seconds) rate-limits the WARN lines of denied
+	// unaudited requests (metrics), which no coalesced entry covers.
+	lastWarn atomic.Int64
+	log      hclog.Logger
 }
 
 // auditHeadFile remembers the chain head next to the raft state.
@@ -68,7 +73,7 @@ func newAuditor(s *Server, cfg *config.Config, log hclog.Logger) (*auditor, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &auditor{w: w, rules: newAnomaly(rules, time.Now), log: log}
+	a := &auditor{w: w, rules: newAnomaly(rules, time.Now), coal: newCoalescer(time.Now), log: log}
 	g := gauges{
 		sealed:       func() bool { return s.ks.Sealed() },
 		initialized:  func() bool { return s.ks.Initialized() },
@@ -93,6 +98,7 @@ func newAuditor(s *Server, cfg *config.Config, log hclog.Logger) (*auditor, erro
 
 // close writes the stop event and closes the log.
 func (a *auditor) close() {
+	a.flushCoalesced(true)
 	a.w.Append(&audit.Entry{Type: audit.TypeEvent, Operation: "stop", Outcome: audit.OutcomeOK})
 	if err := a.w.Close(); err != nil {
 		a.log.Error("closing the audit log", "error", err)
@@ -240,7 +246,18 @@ func (s *Server) finishRequest(rc *reqCtx, status int) error {
 	}
 	a := s.audit
 	var err error
-	if !ra.skip {
+	coalesced := false
+	if !ra.skip && status >= 400 && status < 500 {
+		var done []*audit.Entry
+		coalesced, done = a.coal.suppress(rc.caller, rc.id, op, outcome, ra.errCode)
+		a.writeCoalesced(done)
+	}
+	if outcome == audit.OutcomeDenied && !coalesced && (!ra.skip || a.warnOncePerSecond()) {
+		// One line per individually audited denial; a flood gets one line
+		// per caller per second (writeCoalesced).
+		s.log.Warn("request denied", "request-id", rc.id, "method", rc.r.Method, "path", rc.r.URL.Path, "caller", callerString(rc.caller))
+	}
+	if !ra.skip && !coalesced {
 		e := &audit.Entry{
 			Type: audit.TypeRequest, RequestID: rc.id, Operation: op, Caller: auditCaller(rc.caller),
 			Key: ra.key, KeyVersion: ra.keyVersion, Outcome: outcome, HMAC: ra.hmac, Detail: ra.detail,

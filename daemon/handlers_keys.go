@@ -397,6 +397,13 @@ func (s *Server) handleDataKey(rc *reqCtx) error {
 		return err
 	}
 	defer clear(r.Plaintext)
+	writeDataKey(rc.w, r, include)
+	return nil
+}
+
+// writeDataKey encodes a datakey answer by hand into a buffer it zeroes
+// (see writePlaintexts).
+func writeDataKey(w http.ResponseWriter, r keystore.Result, include bool) {
 	buf := make([]byte, 0, 96+base64.StdEncoding.EncodedLen(len(r.Plaintext))+len(r.Ciphertext))
 	defer func() { clear(buf[:cap(buf)]) }()
 	buf = append(buf, '{')
@@ -410,8 +417,7 @@ func (s *Server) handleDataKey(rc *reqCtx) error {
 	buf = append(buf, `","key_version":`...)
 	buf = strconv.AppendInt(buf, int64(r.Version), 10)
 	buf = append(buf, "}\n"...)
-	writeRaw(rc.w, http.StatusOK, buf)
-	return nil
+	writeRaw(w, http.StatusOK, buf)
 }
 
 // ---- policies ----

@@ -18,11 +18,6 @@ type rekeyRequest struct {
 	Recipients    []string `json:"recipients,omitempty"`
 }
 
-type rekeyResponse struct {
-	Shares    []string `json:"shares"`
-	Encrypted bool     `json:"encrypted"`
-}
-
 // handleRekey makes a new root key and new shares, authorised by T current
 // shares. The old shares stop working; the keyring is re-encrypted under the
 // new root key and every unsealed node switches to it (and reseals it with
@@ -76,7 +71,7 @@ func (s *Server) handleRekey(rc *reqCtx) error {
 		return err
 	}
 	s.log.Warn("rekeyed: new root key and shares; the old shares no longer work", "shares", req.Shares, "threshold", req.Threshold, "uid", rc.caller.UID)
-	writeJSON(rc.w, http.StatusOK, rekeyResponse{Shares: shares, Encrypted: len(recipients) > 0})
+	writeShares(rc.w, shares, len(recipients) > 0) // not encoding/json: zeroing.go
 	return nil
 }
 

@@ -1,13 +1,11 @@
 package daemon
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,18 +20,9 @@ import (
 
 type ctxKey int
 
+// callerKey carries a caller set directly (tests); connections carry
+// their state under connKey (limits.go).
 const callerKey ctxKey = 0
-
-// connContext identifies the peer once per connection (SO_PEERCRED, its
-// unit and groups); every request on the connection reuses it.
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	caller, err := auth.CallerFromConn(c)
-	if err != nil {
-		// No identity: only the open endpoints will answer.
-		return ctx
-	}
-	return context.WithValue(ctx, callerKey, caller)
-}
 
 // access says who may call a route.
 type access int
@@ -62,6 +51,10 @@ type reqCtx struct {
 	start  time.Time
 	aw     auditWriter // wraps w: writes the audit entry before the answer
 	au     reqAudit    // what the audit entry records (audit_hook.go)
+	conn   *connState  // nil for a request not from a served connection
+	// bodyLimit is api.MaxBody once the grant check passed; 0 means
+	// api.MaxOpenBody (limits.go).
+	bodyLimit int64
 }
 
 var (
@@ -74,8 +67,9 @@ var (
 		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
 		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
 		"rekey":  {"POST": {accessAdmin, "", (*Server).handleRekey}},
-		// metrics is open like status: counts only, no key or secret.
-		"metrics":    {"GET": {accessOpen, "", (*Server).handleMetrics}},
+		// metrics names callers (uid, unit) and their traffic: admins
+		// only; aggregate metrics are on the telemetry listener.
+		"metrics":    {"GET": {accessAdminSealed, "", (*Server).handleMetrics}},
 		"audit-hash": {"POST": {accessAdmin, "", (*Server).handleAuditHash}},
 	}
 	keysRoutes = map[string]route{
@@ -172,7 +166,7 @@ func (s *Server) newRequestID() string {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := &reqCtx{w: w, r: r, id: s.newRequestID(), start: time.Now()}
-	rc.caller, _ = r.Context().Value(callerKey).(*auth.Caller)
+	rc.caller, rc.conn = callerOf(r)
 	// A write forwarded to the leader names its caller there (audit).
 	rc.r = r.WithContext(cluster.WithOrigin(r.Context(), originOf(rc)))
 	w.Header().Set(api.HeaderRequestID, rc.id)
@@ -193,6 +187,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // dispatch routes and authorises a request and returns the status written.
 func (s *Server) dispatch(rc *reqCtx) int {
 	r := rc.r
+	if err := s.overCap(rc, rc.conn); err != nil {
+		return s.fail(rc, err)
+	}
 	// A browser page must never be able to drive the API (DNS rebinding or a
 	// proxied socket): real clients send neither header.
 	if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
@@ -233,6 +230,14 @@ func (s *Server) dispatch(rc *reqCtx) int {
 		}
 		if rt.access == accessKey && !s.allowed(rc.caller, rt.op, name) {
 			return s.fail(rc, denied(rc.caller, fmt.Sprintf("%s key %q", rt.op, name)))
+		}
+	}
+	// Open and merely identified callers (unseal, create: the key name is
+	// in the body) keep the small body limit; granted ones get the full one.
+	if rt.access == accessAdmin || rt.access == accessAdminSealed || rt.access == accessKey {
+		rc.grantBody()
+		if strings.HasSuffix(r.URL.Path, "/raft/snapshot") {
+			extendDeadlines(rc)
 		}
 	}
 	if err := rt.handler(s, rc); err != nil {
@@ -322,13 +327,8 @@ func (s *Server) fail(rc *reqCtx, err error) int {
 		d.Message = fmt.Sprintf("internal error (request %s): see the cofferd log", rc.id)
 		s.log.Error("internal error", "request-id", rc.id, "path", rc.r.URL.Path, "error", err)
 	}
-	if status == http.StatusForbidden {
-		who := "unidentified"
-		if rc.caller != nil {
-			who = rc.caller.String()
-		}
-		s.log.Warn("request denied", "request-id", rc.id, "method", rc.r.Method, "path", rc.r.URL.Path, "caller", who)
-	}
+	// A denial's WARN line is written with its audit entry (finishRequest),
+	// so that a flood of them is coalesced there too.
 	writeJSON(rc.w, status, api.ErrorBody{Error: d})
 	return status
 }
@@ -362,10 +362,10 @@ func writeRaw(w http.ResponseWriter, status int, b []byte) {
 // ---- request decoding ----
 
 // decode reads a JSON body into v strictly: one object, no unknown fields,
-// at most api.MaxBody bytes. Its errors say which field is wrong and never
+// at most rc.maxBody() bytes. Its errors say which field is wrong and never
 // quote the body.
 func decode(rc *reqCtx, v any) error {
-	body := http.MaxBytesReader(rc.w, rc.r.Body, api.MaxBody)
+	body := http.MaxBytesReader(rc.w, rc.r.Body, rc.maxBody())
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -405,6 +405,8 @@ func decodeError(err error) error {
 		unkn = strings.HasPrefix(msg, "json: unknown field ")
 	)
 	switch {
+	case errors.As(err, &mbe) && mbe.Limit < api.MaxBody:
+		return &httpError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, fmt.Sprintf("request body over the %d-byte limit of this endpoint for this caller: send only the documented fields", mbe.Limit)}
 	case errors.As(err, &mbe):
 		return &httpError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, fmt.Sprintf("request body over the %d-byte limit: split the batch or wrap a data key instead", api.MaxBody)}
 	case errors.Is(err, io.EOF):

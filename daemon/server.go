@@ -46,6 +46,14 @@ type Options struct {
 	// DeviceCheckInterval is how often the seal device's health is checked
 	// (default 10s).
 	DeviceCheckInterval time.Duration
+	// ReadTimeout bounds reading one request, headers and body (default
+	// 30s); tests shorten it.
+	ReadTimeout time.Duration
+	// NonceBudget overrides keystore.DefaultNonceBudget (tests).
+	NonceBudget uint64
+	// NonceInterval is how often encryption counts are persisted and
+	// reported, and the leader checks the budget (default 5s).
+	NonceInterval time.Duration
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
@@ -90,6 +98,11 @@ type Server struct {
 	deviceInterval time.Duration
 	ln             net.Listener
 	http           *http.Server
+	limiter        *connLimiter // connection caps (limits.go)
+	telemetry      *http.Server // the Prometheus TCP listener, nil without (telemetry.go)
+	telemetryAddr  string
+	readTimeout    time.Duration // Options.ReadTimeout
+	nonceInterval  time.Duration // Options.NonceInterval
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
@@ -99,6 +112,11 @@ type Server struct {
 	// (reseal, and the reseal after a rekey), so that a slow device seal of
 	// an older root key never overwrites the blob of a newer one.
 	blobMu sync.Mutex
+
+	// nonceMu guards nonce, the persisted and reported encryption counts
+	// (nonce.go).
+	nonceMu sync.Mutex
+	nonce   nonceState
 }
 
 // New opens the node's state (raft under data_dir) and its seal device, and
@@ -132,6 +150,14 @@ func New(opts Options) (*Server, error) {
 	if s.schedInterval == 0 {
 		s.schedInterval = 30 * time.Second
 	}
+	s.nonceInterval = opts.NonceInterval
+	if s.nonceInterval == 0 {
+		s.nonceInterval = 5 * time.Second
+	}
+	s.readTimeout = opts.ReadTimeout
+	if s.readTimeout == 0 {
+		s.readTimeout = defaultReadTimeout
+	}
 	s.deviceInterval = opts.DeviceCheckInterval
 	if s.deviceInterval == 0 {
 		s.deviceInterval = 10 * time.Second
@@ -159,7 +185,11 @@ func New(opts Options) (*Server, error) {
 			}
 			return ids
 		},
+		NonceBudget: opts.NonceBudget,
 	})
+	if err := s.loadNonceCounts(); err != nil {
+		return nil, err
+	}
 	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{},
 		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership, OnForwarded: s.auditForwarded}
 	if c := cfg.Cluster; c != nil {
@@ -413,15 +443,26 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // ServeListener serves on ln (e.g. a socket-activated listener).
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	s.limiter = newConnLimiter(s.cfg.Listener.MaxConnsPerUID, s.cfg.Listener.MaxConns, s.log.Named("limits"))
+	ln = &limitListener{Listener: ln, lim: s.limiter}
 	s.ln = ln
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		ConnContext:       connContext,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       s.readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
+	if err := s.serveTelemetry(); err != nil {
+		ln.Close()
+		return err
+	}
 	s.every(s.schedInterval, s.runSchedule)
+	s.every(s.nonceInterval, s.nonceTick)
+	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
 	if s.seal != nil {
 		s.every(s.deviceInterval, s.checkDevice)
 		s.every(time.Second, s.retryAutoUnseal)
@@ -454,8 +495,10 @@ func (s *Server) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			s.http.Shutdown(ctx)
 			cancel()
+			s.closeTelemetry()
 		}
 		s.wg.Wait()
+		s.saveExactNonceCounts()
 		s.ks.Seal()
 		s.resetProgress()
 		err = s.node.Close()

@@ -27,13 +27,21 @@ type testNode struct {
 	srv    *Server
 	client *http.Client
 	logs   *bytes.Buffer
-	cfg    *config.Config
-	cancel context.CancelFunc
-	done   chan struct{}
+	// logsWriter guards logs (logString).
+	logsWriter *syncWriter
+	cfg        *config.Config
+	cancel     context.CancelFunc
+	done       chan struct{}
 }
 
 // startNode runs a Server on a real unix socket in a temp dir.
 func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testNode {
+	t.Helper()
+	return startNodeOpts(t, dataDir, mutate, nil)
+}
+
+// startNodeOpts is startNode with a hook to change the Server's Options.
+func startNodeOpts(t testing.TB, dataDir string, mutate func(*config.Config), opt func(*Options)) *testNode {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "coffer-t")
 	if err != nil {
@@ -49,13 +57,18 @@ func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testN
 		mutate(cfg)
 	}
 	logs := &bytes.Buffer{}
-	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: &syncWriter{w: logs}})
-	srv, err := New(Options{Config: cfg, Logger: log, Version: "test", SchedulerInterval: 50 * time.Millisecond})
+	sw := &syncWriter{w: logs, mu: make(chan struct{}, 1)}
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: sw})
+	opts := Options{Config: cfg, Logger: log, Version: "test", SchedulerInterval: 50 * time.Millisecond}
+	if opt != nil {
+		opt(&opts)
+	}
+	srv, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &testNode{t: t, srv: srv, logs: logs, cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	n := &testNode{t: t, srv: srv, logs: logs, logsWriter: sw, cfg: cfg, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(n.done)
 		if err := srv.Serve(ctx); err != nil {
@@ -65,13 +78,16 @@ func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testN
 	n.client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.Listener.Path)
 	}}}
+	// Wait until the socket accepts, not merely exists: the file appears at
+	// bind(), a moment before listen(), and a dial in between is refused.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := os.Stat(cfg.Listener.Path); err == nil {
+		if c, err := net.Dial("unix", cfg.Listener.Path); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("socket never appeared")
+			t.Fatal("socket never accepted a connection")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -516,9 +532,12 @@ func FuzzDecodeRequest(f *testing.F) {
 		func() any { return &api.CreateKeyRequest{} }, func() any { return &api.UpdateKeyRequest{} },
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, mk := range targets {
+		for i, mk := range targets {
 			rec := httptest.NewRecorder()
 			rc := &reqCtx{w: rec, r: httptest.NewRequest("POST", "/", bytes.NewReader(body))}
+			if i%2 == 0 {
+				rc.grantBody() // both body limits: before and after the grant check
+			}
 			err := decode(rc, mk())
 			if err == nil {
 				continue

@@ -332,6 +332,12 @@ func TestE2E_SocketActivation(t *testing.T) {
 
 	d.launch([]*os.File{f})
 	d.waitAnswer()
+	// stderr reaches d.logs() through a pipe copied by another goroutine:
+	// an answer can arrive before the line that preceded it is copied.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(d.logs(), "socket activation") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if !strings.Contains(d.logs(), "socket activation") {
 		t.Errorf("the log does not say cofferd uses the passed socket:\n%s", d.logs())
 	}

@@ -19,7 +19,7 @@ import (
 const CiphertextPrefix = "coffer:v"
 
 const (
-	dataNonceSize = 12 // both AEADs
+	dataNonceSize = 12 // aes256-gcm and chacha20-poly1305; xaes256-gcm: 24
 	dataTagSize   = 16
 )
 
@@ -93,6 +93,8 @@ func newAEAD(typ string, key []byte) (cipher.AEAD, error) {
 	switch typ {
 	case api.KeyTypeChaCha20Poly1305:
 		return chacha20poly1305.New(key)
+	case api.KeyTypeXAES256GCM:
+		return newXAES(key)
 	default:
 		return newGCM(key)
 	}
@@ -153,11 +155,15 @@ func (ks *Keystore) sealData(c *aeadCache, v int, pt, aad []byte) (string, error
 	if err != nil {
 		return "", err
 	}
-	raw := make([]byte, dataNonceSize, dataNonceSize+len(pt)+a.Overhead())
+	ns := a.NonceSize()
+	raw := make([]byte, ns, ns+len(pt)+a.Overhead())
 	if _, err := io.ReadFull(ks.cfg.Rand, raw); err != nil {
 		return "", fmt.Errorf("reading randomness: %w", err)
 	}
-	raw = a.Seal(raw, raw[:dataNonceSize], pt, aad)
+	if ctr := c.k.latestCtr; ctr != nil && v == c.k.latest() {
+		ctr.Add(1) // the nonce budget of a 96-bit-nonce version (nonce.go)
+	}
+	raw = a.Seal(raw, raw[:ns], pt, aad)
 	return FormatCiphertext(v, raw), nil
 }
 
@@ -177,7 +183,11 @@ func (ks *Keystore) openData(c *aeadCache, name, ct string, aad []byte) ([]byte,
 	if err != nil {
 		return nil, v, err
 	}
-	pt, err := a.Open(nil, raw[:dataNonceSize], raw[dataNonceSize:], aad)
+	ns := a.NonceSize()
+	if len(raw) < ns+a.Overhead() {
+		return nil, v, wrapf(ErrDecrypt, "ciphertext is too short for a %s key: it was truncated or produced by another key", k.meta.Type)
+	}
+	pt, err := a.Open(nil, raw[:ns], raw[ns:], aad)
 	if err != nil {
 		return nil, v, wrapf(ErrDecrypt, "ciphertext does not authenticate under key %q version %d: it was tampered with, produced by another key, or the aad differs", name, v)
 	}

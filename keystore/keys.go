@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coffer-kms/coffer/api"
@@ -38,6 +39,10 @@ type keyMeta struct {
 	MinDecryptionVersion int           `json:"min_decryption_version"`
 	DeletionDate         *time.Time    `json:"deletion_date,omitempty"`
 	Versions             []time.Time   `json:"versions"` // created_at of version i+1
+	// NonceReports are the nodes' reported encryption counts (node id →
+	// count) of version NonceVersion (nonce.go); a rotation clears them.
+	NonceVersion int               `json:"nonce_version,omitempty"`
+	NonceReports map[string]uint64 `json:"nonce_reports,omitempty"`
 }
 
 // namedKey is the decrypted, in-memory form of a key record.
@@ -45,6 +50,9 @@ type namedKey struct {
 	meta     keyMeta
 	material []*lockedmem.Buf // material[i] is version i+1
 	record   uint64           // record version, for compare-and-set
+	// latestCtr counts this node's encryptions under the latest version
+	// (nil for a type without a nonce budget; nonce.go).
+	latestCtr *atomic.Uint64
 }
 
 func (k *namedKey) destroy() {
@@ -114,10 +122,10 @@ func ParseKeyType(t string) (string, error) {
 	switch t {
 	case "":
 		return api.KeyTypeAES256GCM, nil
-	case api.KeyTypeAES256GCM, api.KeyTypeChaCha20Poly1305:
+	case api.KeyTypeAES256GCM, api.KeyTypeChaCha20Poly1305, api.KeyTypeXAES256GCM:
 		return t, nil
 	}
-	return "", invalidf("unknown key type %q: use %q (default) or %q", t, api.KeyTypeAES256GCM, api.KeyTypeChaCha20Poly1305)
+	return "", invalidf("unknown key type %q: use %q (default), %q (for keys that encrypt billions of times) or %q", t, api.KeyTypeAES256GCM, api.KeyTypeXAES256GCM, api.KeyTypeChaCha20Poly1305)
 }
 
 // ParseRotationPeriod validates a rotation period: "" or "0"/"0s" turn
@@ -298,6 +306,7 @@ func (ks *Keystore) rotateMeta(name string, cur *keyMeta) (*keyMeta, int, bool, 
 		return nil, 0, false, invalidf("key %q already has %d versions, the maximum: create a new key instead", name, MaxVersions)
 	}
 	cur.Versions = append(cur.Versions, ks.cfg.Now().UTC())
+	cur.NonceVersion, cur.NonceReports = 0, nil // the new version starts afresh
 	return cur, 1, false, nil
 }
 

@@ -526,7 +526,7 @@ func TestFormatDuration(t *testing.T) {
 
 func BenchmarkWrap(b *testing.B) {
 	for _, size := range []int{32, 4096} {
-		for _, typ := range []string{api.KeyTypeAES256GCM, api.KeyTypeChaCha20Poly1305} {
+		for _, typ := range []string{api.KeyTypeAES256GCM, api.KeyTypeXAES256GCM, api.KeyTypeChaCha20Poly1305} {
 			b.Run(fmt.Sprintf("%s/%dB", typ, size), func(b *testing.B) {
 				ks := newKS(b, nil)
 				mustInit(b, ks)

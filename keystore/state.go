@@ -53,6 +53,10 @@ type Config struct {
 	// replaced the root key of this unsealed node, so that the node can seal
 	// the new root key with its device.
 	OnRootChange func()
+	// NonceBudget is the encryptions per version of a 96-bit-nonce key
+	// after which the leader rotates it (0: DefaultNonceBudget); tests
+	// lower it.
+	NonceBudget uint64
 }
 
 // SealConfig is the replicated, non-secret description of the cluster's
@@ -110,6 +114,9 @@ type Keystore struct {
 	active   uint32
 	keys     map[string]*namedKey
 	policies map[string]api.Policy
+
+	// nonces are this node's encryption counts (nonce.go).
+	nonces nonceCounters
 
 	// writeMu serialises this node's read-modify-write cycles; the
 	// compare-and-set in Apply catches races with other nodes.
@@ -831,6 +838,7 @@ func (ks *Keystore) loadRecordLocked(path string, e Entry) error {
 			old.destroy()
 		}
 		ks.keys[k.meta.Name] = k
+		ks.attachCounterLocked(k)
 	case strings.HasPrefix(path, "policies/"):
 		meta, keys, err := ks.openRecordLocked(path, e)
 		if err != nil {

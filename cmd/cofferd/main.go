@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/coffer-kms/coffer/daemon/platform"
 	"github.com/coffer-kms/coffer/internal/lockedmem"
 	"github.com/coffer-kms/coffer/internal/version"
+	"github.com/coffer-kms/coffer/keystore"
 )
 
 func main() {
@@ -124,7 +126,11 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 	if err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
 	}
-	srv, err := daemon.New(daemon.Options{Config: cfg, Logger: log, Version: version.Version, ExtraAdminUIDs: extraAdmins, DeviceCheckInterval: checkEvery})
+	budget, err := nonceBudget()
+	if err != nil {
+		return cli.Exit("cofferd: "+err.Error(), 1)
+	}
+	srv, err := daemon.New(daemon.Options{Config: cfg, Logger: log, Version: version.Version, ExtraAdminUIDs: extraAdmins, DeviceCheckInterval: checkEvery, NonceBudget: budget})
 	if err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)
 	}
@@ -162,6 +168,25 @@ func deviceCheckInterval() (time.Duration, error) {
 		return 0, fmt.Errorf("%s=%q is not a positive Go duration (e.g. 500ms); unset it to use the default", deviceCheckIntervalEnv, v)
 	}
 	return d, nil
+}
+
+// nonceBudgetEnv is an undocumented test hook, like deviceCheckIntervalEnv:
+// end-to-end tests lower the nonce budget (keystore.DefaultNonceBudget,
+// 2^32 encryptions per key version) so that a cluster reaches it within a
+// test. Lowering it only makes rotations come sooner.
+const nonceBudgetEnv = "COFFER_NONCE_BUDGET"
+
+// nonceBudget reads nonceBudgetEnv; 0 means the default.
+func nonceBudget() (uint64, error) {
+	v := os.Getenv(nonceBudgetEnv)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n == 0 || n > keystore.DefaultNonceBudget {
+		return 0, fmt.Errorf("%s=%q is not a whole number from 1 to %d; unset it to use the default", nonceBudgetEnv, v, uint64(keystore.DefaultNonceBudget))
+	}
+	return n, nil
 }
 
 // runDev runs a throw-away development node (spec/CLI.md: cofferd --dev).

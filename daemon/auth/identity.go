@@ -296,6 +296,10 @@ type nameCache struct {
 	lookupUser  func(uid uint32) (string, error)
 	lookupGroup func(gid uint32) (string, error)
 	now         func() time.Time
+	// inflight are the lookups running (under mu); lookupTimeout, if set,
+	// replaces the package's lookupTimeout (tests).
+	inflight      map[inflightKey]chan struct{}
+	lookupTimeout time.Duration
 }
 
 type cacheEntry struct {
@@ -311,6 +315,9 @@ const (
 	cacheTTL        = 5 * time.Minute
 	// Misses expire sooner so that a new user is seen quickly.
 	cacheMissTTL = 30 * time.Second
+	// lookupTimeout bounds how long identifying a caller waits for the
+	// user database.
+	lookupTimeout = time.Second
 )
 
 var names = newNameCache()
@@ -338,29 +345,58 @@ func newNameCache() *nameCache {
 }
 
 func (nc *nameCache) userName(uid uint32) string {
-	return nc.get(nc.users, nc.lookupUser, uid)
+	return nc.get(true, nc.users, nc.lookupUser, uid)
 }
 
 func (nc *nameCache) groupName(gid uint32) string {
-	return nc.get(nc.groups, nc.lookupGroup, gid)
+	return nc.get(false, nc.groups, nc.lookupGroup, gid)
 }
 
-func (nc *nameCache) get(m map[uint32]cacheEntry, lookup func(uint32) (string, error), id uint32) string {
+func (nc *nameCache) get(users bool, m map[uint32]cacheEntry, lookup func(uint32) (string, error), id uint32) string {
 	now := nc.now()
 	nc.mu.Lock()
 	e, ok := m[id]
-	nc.mu.Unlock()
 	if ok && now.Before(e.expires) {
+		nc.mu.Unlock()
 		return e.name
 	}
-	// Look up outside the lock: NSS may be slow (LDAP) and must not stall
-	// other connections.
+	// One lookup per name at a time, in its own goroutine: NSS may be slow
+	// (LDAP), and a caller waits for it at most lookupTimeout. Without the
+	// name, policies that grant by user or group name do not match (fail
+	// closed); the lookup goes on and fills the cache for the next
+	// connection.
+	k := inflightKey{users: users, id: id}
+	ch, running := nc.inflight[k]
+	if !running {
+		if nc.inflight == nil {
+			nc.inflight = map[inflightKey]chan struct{}{}
+		}
+		ch = make(chan struct{})
+		nc.inflight[k] = ch
+		go nc.resolve(m, lookup, id, k, ch)
+	}
+	nc.mu.Unlock()
+	timer := time.NewTimer(nc.timeout())
+	defer timer.Stop()
+	select {
+	case <-ch:
+	case <-timer.C:
+		return ""
+	}
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	return m[id].name
+}
+
+// resolve looks a name up and caches the answer (a miss briefly).
+func (nc *nameCache) resolve(m map[uint32]cacheEntry, lookup func(uint32) (string, error), id uint32, k inflightKey, done chan struct{}) {
 	name, err := lookup(id)
 	ttl := cacheTTL
 	if err != nil {
 		// Unknown id or a failing user database: remember briefly.
 		name, ttl = "", cacheMissTTL
 	}
+	now := nc.now()
 	nc.mu.Lock()
 	if len(m) >= maxCacheEntries {
 		// Drop expired entries; if all are fresh, drop everything. Either
@@ -375,6 +411,19 @@ func (nc *nameCache) get(m map[uint32]cacheEntry, lookup func(uint32) (string, e
 		}
 	}
 	m[id] = cacheEntry{name: name, expires: now.Add(ttl)}
+	delete(nc.inflight, k)
 	nc.mu.Unlock()
-	return name
+	close(done)
+}
+
+type inflightKey struct {
+	users bool
+	id    uint32
+}
+
+func (nc *nameCache) timeout() time.Duration {
+	if nc.lookupTimeout > 0 {
+		return nc.lookupTimeout
+	}
+	return lookupTimeout
 }

@@ -69,6 +69,8 @@ type Config struct {
 	// Audit is nil when the file has no audit block; the daemon then picks
 	// its default location.
 	Audit *AuditConfig
+	// Telemetry is nil when no Prometheus TCP listener is configured.
+	Telemetry *TelemetryConfig
 
 	// File is the config file this came from ("" for the built-in
 	// defaults).
@@ -86,6 +88,10 @@ type ListenerConfig struct {
 	Mode os.FileMode
 	// Group owns the socket; "" keeps the daemon's own group.
 	Group string
+	// MaxConnsPerUID and MaxConns cap the open connections of one
+	// non-admin uid and of everyone (limits.go).
+	MaxConnsPerUID int
+	MaxConns       int
 }
 
 // AdminConfig lists who may administer besides uid 0.
@@ -194,8 +200,10 @@ func DefaultConfig() *Config {
 		LogLevel:  DefaultLogLevel,
 		LogFormat: DefaultLogFormat,
 		Listener: ListenerConfig{
-			Path: DefaultSocketPath,
-			Mode: DefaultSocketMode,
+			Path:           DefaultSocketPath,
+			Mode:           DefaultSocketMode,
+			MaxConnsPerUID: DefaultMaxConnsPerUID,
+			MaxConns:       DefaultMaxConns,
 		},
 	}
 }
@@ -340,6 +348,9 @@ func (c *Config) Validate() error {
 			return c.errAt("kms_v2.key", "kms_v2.key %q is not a valid key name; use letters, digits, '.', '_' and '-', starting with a letter or digit", k.Key)
 		}
 	}
+	if err := c.validateTelemetry(); err != nil {
+		return err
+	}
 	return c.validateAudit()
 }
 
@@ -354,7 +365,7 @@ func (c *Config) validateListener() error {
 	if l.Mode&^os.ModePerm != 0 {
 		return c.errAt("listener.mode", "listener mode %#o has bits beyond the permission bits; use an octal string like \"0660\"", uint32(l.Mode))
 	}
-	return nil
+	return c.validateListenerLimits()
 }
 
 func (c *Config) validateCluster() error {

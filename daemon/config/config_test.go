@@ -20,6 +20,8 @@ dev        = false                # allows the soft device; never in production
 
 listener "unix" {
   path  = "/run/coffer/coffer.sock"
+  max_conns_per_uid = 256         # 429 too_many_requests beyond; admins exempt
+  max_conns         = 4096
   mode  = "0660"
   group = "coffer"                # group that may connect (policies still apply);
                                   # default: the daemon's own group. A stale socket
@@ -59,6 +61,10 @@ kms_v2 {                           # optional Kubernetes KMS v2 plugin socket
 audit {
   path = "/var/log/coffer/audit.log"
 }
+
+telemetry {                       # optional: aggregate Prometheus metrics on TCP
+  prometheus_listen = "127.0.0.1:9464"   # no caller labels, no secrets
+}
 `
 
 const testFile = "/etc/coffer/cofferd.hcl"
@@ -73,7 +79,7 @@ func TestParseConfig_SpecExample(t *testing.T) {
 		DataDir:   "/var/lib/coffer",
 		LogLevel:  "info",
 		LogFormat: "text",
-		Listener:  ListenerConfig{Path: "/run/coffer/coffer.sock", Mode: 0o660, Group: "coffer"},
+		Listener:  ListenerConfig{Path: "/run/coffer/coffer.sock", Mode: 0o660, Group: "coffer", MaxConnsPerUID: 256, MaxConns: 4096},
 		Admin:     AdminConfig{UIDs: []uint32{}, Groups: []string{"coffer-admin"}},
 		Cluster: &ClusterConfig{
 			Addr:          "10.0.0.1:8201",
@@ -89,9 +95,10 @@ func TestParseConfig_SpecExample(t *testing.T) {
 			KeyLabel:    "coffer-seal",
 			GenerateKey: true,
 		}},
-		KMSv2: &KMSv2Config{Path: "/run/coffer/kms-v2.sock", Key: "kubernetes"},
-		Audit: &AuditConfig{Path: "/var/log/coffer/audit.log"},
-		File:  testFile,
+		KMSv2:     &KMSv2Config{Path: "/run/coffer/kms-v2.sock", Key: "kubernetes"},
+		Audit:     &AuditConfig{Path: "/var/log/coffer/audit.log"},
+		Telemetry: &TelemetryConfig{PrometheusListen: "127.0.0.1:9464"},
+		File:      testFile,
 	}
 	c.pos = nil
 	if !reflect.DeepEqual(c, exp) {
@@ -117,7 +124,7 @@ func TestParseConfig_Defaults(t *testing.T) {
 	if c.LogLevel != "info" || c.LogFormat != "text" || c.Dev {
 		t.Errorf("log = %s/%s dev=%v, want info/text dev=false", c.LogLevel, c.LogFormat, c.Dev)
 	}
-	if got, exp := c.Listener, (ListenerConfig{Path: "/run/coffer/coffer.sock", Mode: 0o660}); !reflect.DeepEqual(got, exp) {
+	if got, exp := c.Listener, (ListenerConfig{Path: "/run/coffer/coffer.sock", Mode: 0o660, MaxConnsPerUID: 256, MaxConns: 4096}); !reflect.DeepEqual(got, exp) {
 		t.Errorf("listener = %+v, want %+v", got, exp)
 	}
 	if c.Cluster != nil || c.Seal != nil || c.KMSv2 != nil || c.Audit != nil || len(c.Admin.UIDs) != 0 || len(c.Admin.Groups) != 0 {
@@ -311,8 +318,8 @@ func TestParseConfig_Bad(t *testing.T) {
 		},
 		{
 			name: "unknown block",
-			src:  "node_id = \"n1\"\ntelemetry {\n}\n",
-			want: `c.hcl:2: unsupported block type: Blocks of type "telemetry" are not expected here.`,
+			src:  "node_id = \"n1\"\nstatsd {\n}\n",
+			want: `c.hcl:2: unsupported block type: Blocks of type "statsd" are not expected here.`,
 		},
 		{
 			name: "misspelt attribute gets a suggestion",

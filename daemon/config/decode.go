@@ -32,10 +32,11 @@ var rootSchema = &hcl.BodySchema{
 		{Type: "seal", LabelNames: []string{"type"}},
 		{Type: "kms_v2"},
 		{Type: "audit"},
+		{Type: "telemetry"},
 	},
 }
 
-var listenerSchema = attrSchema("path", "mode", "group")
+var listenerSchema = attrSchema("path", "mode", "group", "max_conns_per_uid", "max_conns")
 
 var adminSchema = attrSchema("uids", "groups")
 
@@ -185,6 +186,8 @@ func (d *decoder) root(body hcl.Body) {
 			b.str("key", &k.Key)
 		case "audit":
 			d.audit(blk)
+		case "telemetry":
+			d.telemetry(blk)
 		}
 	}
 }
@@ -207,6 +210,8 @@ func (d *decoder) listener(blk *hcl.Block) {
 	b := d.body(blk, listenerSchema, "listener")
 	b.str("path", &l.Path)
 	b.str("group", &l.Group)
+	b.integer("max_conns_per_uid", &l.MaxConnsPerUID)
+	b.integer("max_conns", &l.MaxConns)
 	var mode string
 	if rng, ok := b.str("mode", &mode); ok {
 		m, err := parseMode(mode)
