@@ -82,7 +82,7 @@ func newAuditor(s *Server, cfg *config.Config, log hclog.Logger) (*auditor, erro
 	}
 	if cfg.Seal != nil {
 		g.deviceType = cfg.Seal.Type
-		g.deviceHealthy = func() bool { return s.seal != nil && s.seal.lastError() == "" }
+		g.deviceHealthy = func() bool { return s.seal.DeviceHealthy() }
 	}
 	a.m = newMetrics(g)
 	if err := w.Err(); err != nil {

@@ -122,7 +122,7 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 		}
 		return err
 	}
-	s.resetProgress()
+	s.seal.Reset()
 	s.log.Warn("cluster state restored from a snapshot", "bytes", len(data), "uid", rc.caller.UID)
 	rc.w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -279,6 +279,9 @@ func toAPIError(err error) (int, api.ErrorDetail, bool) {
 	if errors.As(err, &he) {
 		return he.status, api.ErrorDetail{Code: he.code, Message: he.message}, true
 	}
+	if status, d, ok := sealAPIError(err); ok {
+		return status, d, true
+	}
 	msg := err.Error()
 	switch {
 	case errors.Is(err, keystore.ErrSealed), errors.Is(err, keystore.ErrNotInitialized):
