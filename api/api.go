@@ -133,8 +133,12 @@ type Status struct {
 	IsLeader     bool   `json:"is_leader"`
 	Version      string `json:"version"`
 	SealedReason string `json:"sealed_reason"`
-	AuditSeq     uint64 `json:"audit_seq"`
-	AuditHash    string `json:"audit_hash"`
+	// UnsealNonce changes whenever an unseal attempt starts (its first
+	// share) or is reset: a client entering shares sees that the progress
+	// it counts on is no longer its own.
+	UnsealNonce string `json:"unseal_nonce"`
+	AuditSeq    uint64 `json:"audit_seq"`
+	AuditHash   string `json:"audit_hash"`
 	// AuditError is set while the node cannot write its audit log and so
 	// refuses every audited request: what failed and what to do. Empty when
 	// the log is writable.

@@ -44,6 +44,7 @@ const (
 	accessAdminSealed               // admin, and works while sealed (init)
 	accessKey                       // a policy grants op on the key; needs unsealed
 	accessAuthed                    // any identified caller; needs unsealed (list keys: filtered)
+	accessUnseal                    // admin or unseal.groups member; works sealed
 )
 
 type route struct {
@@ -69,7 +70,7 @@ var (
 		"status": {"GET": {accessOpen, "", (*Server).handleStatus}},
 		"health": {"GET": {accessOpen, "", (*Server).handleHealth}},
 		"init":   {"POST": {accessAdminSealed, "", (*Server).handleInit}},
-		"unseal": {"POST": {accessOpen, "", (*Server).handleUnseal}},
+		"unseal": {"POST": {accessUnseal, "", (*Server).handleUnseal}},
 		"seal":   {"POST": {accessAdmin, "", (*Server).handleSeal}},
 		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
 		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
@@ -218,6 +219,12 @@ func (s *Server) dispatch(rc *reqCtx) int {
 		}
 		if rt.access == accessAdmin && s.ks.Sealed() {
 			return s.fail(rc, keystore.ErrSealed)
+		}
+	case accessUnseal:
+		// Shares and reset: a local user must not be able to reset or
+		// poison an operator's unseal.
+		if !s.isAdmin(rc.caller) && !s.unsealers.IsAdmin(rc.caller) {
+			return s.fail(rc, unsealDenied(rc.caller))
 		}
 	case accessKey, accessAuthed:
 		if rc.caller == nil {

@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/auth"
 	"github.com/coffer-kms/coffer/daemon/seal"
 )
 
@@ -22,4 +24,14 @@ func sealAPIError(err error) (status int, d api.ErrorDetail, ok bool) {
 		return http.StatusInternalServerError, api.ErrorDetail{Code: api.CodeInternal, Message: msg}, true
 	}
 	return 0, api.ErrorDetail{}, false
+}
+
+// unsealDenied is the 403 for a caller who is neither an admin nor in the
+// config's unseal.groups.
+func unsealDenied(c *auth.Caller) error {
+	who := "this caller"
+	if c != nil {
+		who = fmt.Sprintf("uid %d", c.UID)
+	}
+	return &httpError{http.StatusForbidden, api.CodePermissionDenied, who + " may not submit unseal shares or reset the unseal progress: only admins and members of the groups in the config's unseal { groups = [...] } may; ask an administrator to add you to one"}
 }

@@ -59,8 +59,11 @@ type Server struct {
 	node *cluster.Node
 	seal *seal.Manager // the seal lifecycle (daemon/seal)
 
-	admins   *auth.Admins
-	policies atomic.Pointer[auth.PolicySet]
+	admins *auth.Admins
+	// unsealers are the unseal.groups members: they may submit unseal
+	// shares (as admins may).
+	unsealers *auth.Admins
+	policies  atomic.Pointer[auth.PolicySet]
 
 	audit *auditor // audit log, metrics, alert rules (audit_hook.go)
 
@@ -94,6 +97,10 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	unsealers, err := auth.NewUnsealers(cfg.Unseal)
+	if err != nil {
+		return nil, err
+	}
 	pfx := make([]byte, 4)
 	rand.Read(pfx)
 	s := &Server{
@@ -101,6 +108,7 @@ func New(opts Options) (*Server, error) {
 		log:           log,
 		version:       opts.Version,
 		admins:        admins,
+		unsealers:     unsealers,
 		reqPrefix:     hex.EncodeToString(pfx),
 		schedInterval: opts.SchedulerInterval,
 		stop:          make(chan struct{}),

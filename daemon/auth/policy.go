@@ -287,23 +287,41 @@ func NewAdmins(cfg config.AdminConfig) (*Admins, error) {
 	for _, u := range cfg.UIDs {
 		a.UIDs[u] = true
 	}
-	for _, name := range cfg.Groups {
+	if err := a.addGroups(cfg.Groups, "admin"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// NewUnsealers is NewAdmins for the config's unseal block: its members may
+// submit unseal shares (admins may too; the caller checks both).
+func NewUnsealers(cfg config.UnsealConfig) (*Admins, error) {
+	a := &Admins{GIDs: make(map[uint32]bool, len(cfg.Groups)), GroupNames: make(map[string]bool, len(cfg.Groups))}
+	if err := a.addGroups(cfg.Groups, "unseal"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// addGroups resolves groups (from the block named what) to gids.
+func (a *Admins) addGroups(groups []string, what string) error {
+	for _, name := range groups {
 		g, err := user.LookupGroup(name)
 		if err != nil {
 			var unknown user.UnknownGroupError
 			if errors.As(err, &unknown) {
-				return nil, fmt.Errorf("admin group %q does not exist on this host; create it or remove it from admin.groups", name)
+				return fmt.Errorf("%s group %q does not exist on this host; create it or remove it from %s.groups", what, name, what)
 			}
-			return nil, fmt.Errorf("cannot look up admin group %q: %w", name, err)
+			return fmt.Errorf("cannot look up %s group %q: %w", what, name, err)
 		}
 		gid, err := strconv.ParseUint(g.Gid, 10, 32)
 		if err != nil {
-			return nil, fmt.Errorf("admin group %q has a non-numeric gid %q", name, g.Gid)
+			return fmt.Errorf("%s group %q has a non-numeric gid %q", what, name, g.Gid)
 		}
 		a.GIDs[uint32(gid)] = true
 		a.GroupNames[name] = true
 	}
-	return a, nil
+	return nil
 }
 
 // IsAdmin reports whether c may administer: uid 0, a listed uid, or a member

@@ -60,6 +60,9 @@ type Config struct {
 
 	Listener ListenerConfig
 	Admin    AdminConfig
+	// Unseal lists who may submit unseal shares (and reset the progress)
+	// besides the admins.
+	Unseal UnsealConfig
 	// Cluster is nil for a single node.
 	Cluster *ClusterConfig
 	// Seal is nil when the node unseals with Shamir shares only.
@@ -91,6 +94,12 @@ type ListenerConfig struct {
 // AdminConfig lists who may administer besides uid 0.
 type AdminConfig struct {
 	UIDs   []uint32
+	Groups []string
+}
+
+// UnsealConfig lists the groups whose members may submit unseal shares and
+// reset the unseal progress, besides the admins.
+type UnsealConfig struct {
 	Groups []string
 }
 
@@ -315,6 +324,11 @@ func (c *Config) Validate() error {
 	for _, g := range c.Admin.Groups {
 		if g == "" {
 			return c.errAt("admin.groups", "admin.groups contains an empty group name; remove it")
+		}
+	}
+	for _, g := range c.Unseal.Groups {
+		if g == "" {
+			return c.errAt("unseal.groups", "unseal.groups contains an empty group name; remove it")
 		}
 	}
 	if err := c.validateCluster(); err != nil {

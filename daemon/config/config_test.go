@@ -31,6 +31,10 @@ admin {                           # who may administer, besides uid 0
   groups = ["coffer-admin"]
 }
 
+unseal {                          # who may submit unseal shares, besides admins
+  groups = ["coffer-unseal"]
+}
+
 # Omit the cluster block for a single node. Then raft still runs, with one voter.
 cluster {
   addr           = "10.0.0.1:8201"  # raft + node-to-node RPC, mutual TLS
@@ -75,6 +79,7 @@ func TestParseConfig_SpecExample(t *testing.T) {
 		LogFormat: "text",
 		Listener:  ListenerConfig{Path: "/run/coffer/coffer.sock", Mode: 0o660, Group: "coffer"},
 		Admin:     AdminConfig{UIDs: []uint32{}, Groups: []string{"coffer-admin"}},
+		Unseal:    UnsealConfig{Groups: []string{"coffer-unseal"}},
 		Cluster: &ClusterConfig{
 			Addr:          "10.0.0.1:8201",
 			AdvertiseAddr: "10.0.0.1:8201",
@@ -355,6 +360,21 @@ func TestParseConfig_Bad(t *testing.T) {
 			want: "c.hcl:3: admin.groups must be a list of strings in double quotes, but it contains a number",
 		},
 		{
+			name: "unseal groups not a list",
+			src:  "node_id = \"n1\"\nunseal {\n  groups = \"ops\"\n}\n",
+			want: "c.hcl:3: unseal.groups must be a list of strings like [...], got a string",
+		},
+		{
+			name: "unseal unknown attribute",
+			src:  "node_id = \"n1\"\nunseal {\n  uids = [1]\n}\n",
+			want: "c.hcl:3:",
+		},
+		{
+			name: "two unseal blocks",
+			src:  "node_id = \"n1\"\nunseal {\n}\nunseal {\n}\n",
+			want: "c.hcl:4: only one unseal block is allowed, and there is already one at line 2",
+		},
+		{
 			name: "null value",
 			src:  "node_id = \"n1\"\ndata_dir = null\n",
 			want: "c.hcl:2: data_dir is null",
@@ -593,6 +613,11 @@ func TestParseConfig_Bad(t *testing.T) {
 			name: "empty admin group",
 			src:  "node_id = \"n1\"\nadmin {\n  groups = [\"\"]\n}\n",
 			want: `c.hcl:3: admin.groups contains an empty group name`,
+		},
+		{
+			name: "empty unseal group",
+			src:  "node_id = \"n1\"\nunseal {\n  groups = [\"ops\", \"\"]\n}\n",
+			want: `c.hcl:3: unseal.groups contains an empty group name`,
 		},
 	}
 	for _, tt := range tests {

@@ -2,7 +2,9 @@ package seal
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -84,9 +86,11 @@ type Manager struct {
 	// seal blob.
 	initMu sync.Mutex
 
-	// unseal progress: parsed shares collected so far (zeroed on reset).
+	// unseal progress: parsed shares collected so far (zeroed on reset),
+	// and the nonce of the current attempt.
 	unsealMu sync.Mutex
 	shares   [][]byte
+	nonce    string
 
 	sealedReason atomic.Pointer[string]
 	// manualSeal is set by `coffer operator seal`, so that the auto-unseal
@@ -113,6 +117,7 @@ func New(cfg Config) *Manager {
 	}
 	m.dev = newSealDevice(cfg.Node, log)
 	m.setSealedReason("")
+	m.nonce = newNonce()
 	return m
 }
 
@@ -159,8 +164,14 @@ func (m *Manager) Close() {
 
 func (m *Manager) setSealedReason(r string) { m.sealedReason.Store(&r) }
 
+func newNonce() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 // Status fills the seal part of st (seal type, device error, progress,
-// sealed reason); st.Initialized, st.Sealed and st.Threshold
+// unseal nonce, sealed reason); st.Initialized, st.Sealed and st.Threshold
 // must be set.
 func (m *Manager) Status(st *api.Status) {
 	st.SealType = m.Kind()
@@ -169,6 +180,7 @@ func (m *Manager) Status(st *api.Status) {
 	}
 	m.unsealMu.Lock()
 	st.Progress = len(m.shares)
+	st.UnsealNonce = m.nonce
 	m.unsealMu.Unlock()
 	if st.Sealed {
 		switch r := *m.sealedReason.Load(); {
@@ -258,11 +270,13 @@ type Progress struct {
 	BreakGlass bool
 }
 
-// Reset discards the shares entered so far (zeroing them).
+// Reset discards the shares entered so far (zeroing them) and starts a new
+// unseal attempt: the unseal nonce changes.
 func (m *Manager) Reset() {
 	m.unsealMu.Lock()
 	defer m.unsealMu.Unlock()
 	m.resetLocked()
+	m.nonce = newNonce()
 }
 
 func (m *Manager) resetLocked() {
@@ -307,6 +321,11 @@ func (m *Manager) AddShare(encoded string) (Progress, error) {
 	if len(m.shares) > 0 && len(m.shares[0]) != len(share) {
 		clear(share)
 		return Progress{}, errorf(ErrInvalidShare, "this share has a different length from the ones entered before: it belongs to another cluster (progress %d of %d kept)", len(m.shares), sc.Threshold)
+	}
+	if len(m.shares) == 0 {
+		// A new unseal attempt starts: a client that watches the nonce
+		// sees that the progress it counted on is not its own.
+		m.nonce = newNonce()
 	}
 	m.shares = append(m.shares, share)
 	p := Progress{Accepted: true, Entered: len(m.shares), Threshold: sc.Threshold}

@@ -244,3 +244,33 @@ func TestManager_Rekey(t *testing.T) {
 		t.Fatal("the new shares did not unseal")
 	}
 }
+
+// The unseal nonce changes when an attempt is reset or a new one starts
+// (its first share), and stays put while one attempt collects its shares.
+func TestManager_UnsealNonce(t *testing.T) {
+	m := newTestManager(t, false)
+	shares := m.mustInit(t, 3, 3)
+	m.Seal(0)
+	n0 := m.status().UnsealNonce
+	if n0 == "" {
+		t.Fatal("no unseal nonce")
+	}
+	m.AddShare(shares[0])
+	n1 := m.status().UnsealNonce
+	if n1 == n0 {
+		t.Fatal("the first share of an attempt did not change the nonce")
+	}
+	m.AddShare(shares[1])
+	if got := m.status().UnsealNonce; got != n1 {
+		t.Fatal("the second share of the same attempt changed the nonce")
+	}
+	m.Reset()
+	n2 := m.status().UnsealNonce
+	if n2 == n1 || m.status().Progress != 0 {
+		t.Fatal("reset did not change the nonce or keep progress at 0")
+	}
+	m.AddShare(shares[2])
+	if got := m.status().UnsealNonce; got == n2 {
+		t.Fatal("the first share after a reset did not change the nonce")
+	}
+}
