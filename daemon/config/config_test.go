@@ -427,7 +427,7 @@ func TestParseConfig_Bad(t *testing.T) {
 		{
 			name: "soft seal without key_file",
 			src:  "node_id = \"n1\"\ndev = true\nseal \"soft\" {\n}\n",
-			want: `c.hcl:3: seal "soft" needs key_file`,
+			want: `c.hcl:3: soft seal: no key file given; set key_file in the seal "soft" block, e.g. key_file = "dev-seal.key"`,
 		},
 		{
 			name: "bad log_level",
@@ -467,17 +467,17 @@ func TestParseConfig_Bad(t *testing.T) {
 		{
 			name: "pkcs11 missing library",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_env = \"P\"\n}\n",
-			want: `c.hcl:2: seal "pkcs11" needs library; add library = "/usr/lib/softhsm/libsofthsm2.so"`,
+			want: `c.hcl:2: pkcs11 seal: no PKCS#11 library given: set library in the seal "pkcs11" block to the PKCS#11 module, e.g. library = "/usr/lib/softhsm/libsofthsm2.so"`,
 		},
 		{
 			name: "pkcs11 missing token_label",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  key_label = \"k\"\n  pin_env = \"P\"\n}\n",
-			want: `c.hcl:2: seal "pkcs11" needs token_label`,
+			want: `c.hcl:2: pkcs11 seal: no token label given: set token_label in the seal "pkcs11" block, e.g. token_label = "coffer"`,
 		},
 		{
 			name: "pkcs11 empty key_label",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"\"\n  pin_env = \"P\"\n}\n",
-			want: `c.hcl:5: seal "pkcs11" needs key_label`,
+			want: `c.hcl:5: pkcs11 seal: no key label given: set key_label in the seal "pkcs11" block, e.g. key_label = "coffer-seal"`,
 		},
 		{
 			name: "pkcs11 both pin_file and pin_env",
@@ -522,27 +522,34 @@ func TestParseConfig_Bad(t *testing.T) {
 		{
 			name: "tpm both device and address",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  address = \"127.0.0.1:2321\"\n}\n",
-			want: `c.hcl:4: seal "tpm" has both device and address`,
+			want: `c.hcl:4: tpm seal: both device and address are set; set device for a TPM (/dev/tpmrm0) or address for a simulator, not both`,
 		},
 		{
 			name: "tpm neither device nor address",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  pcrs = [7]\n}\n",
-			want: `c.hcl:2: seal "tpm" needs device`,
+			want: `c.hcl:2: tpm seal: neither device nor address is set; set device = "/dev/tpmrm0" (or address for a simulator, "127.0.0.1:2321" or "unix:/path") in the seal "tpm" block`,
 		},
 		{
 			name: "tpm pcr out of range",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  pcrs = [7, 24]\n}\n",
-			want: `c.hcl:4: seal "tpm" pcrs has 24; PCR indexes are 0 to 23`,
+			want: `c.hcl:4: tpm seal: pcrs: PCR 24 is out of range (0-23); list SHA-256 PCR indexes between 0 and 23, each once`,
 		},
 		{
 			name: "tpm negative pcr",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  pcrs = [-1]\n}\n",
-			want: `c.hcl:4: seal "tpm" pcrs has -1; PCR indexes are 0 to 23`,
+			want: `c.hcl:4: tpm seal: pcrs: PCR -1 is out of range (0-23); list SHA-256 PCR indexes between 0 and 23, each once`,
 		},
 		{
 			name: "tpm duplicate pcr",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  pcrs = [7, 0, 7]\n}\n",
-			want: `c.hcl:4: seal "tpm" pcrs lists 7 twice; list each PCR once`,
+			want: `c.hcl:4: tpm seal: pcrs: PCR 7 is listed twice; list SHA-256 PCR indexes between 0 and 23, each once`,
+		},
+		{
+			// The device's own Validate runs at load: a simulator address
+			// with a bad port is reported at its line, not at first use.
+			name: "tpm address with a bad port",
+			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  address = \"127.0.0.1:99999\"\n}\n",
+			want: `c.hcl:3: tpm seal: address "127.0.0.1:99999" has an invalid port`,
 		},
 		{
 			name: "cluster without addr",

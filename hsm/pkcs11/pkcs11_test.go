@@ -434,8 +434,8 @@ func TestOpen_WrongPIN(t *testing.T) {
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q, want it to contain %q", err, want)
 	}
-	if !errors.Is(err, hsm.ErrDeviceUnavailable) || !errors.Is(err, p11.Error(p11.CKR_PIN_INCORRECT)) {
-		t.Errorf("error %v: want hsm.ErrDeviceUnavailable and CKR_PIN_INCORRECT", err)
+	if !errors.Is(err, hsm.ErrDeviceUnavailable) || !errors.Is(err, hsm.ErrPINRefused) || !errors.Is(err, p11.Error(p11.CKR_PIN_INCORRECT)) {
+		t.Errorf("error %v: want hsm.ErrDeviceUnavailable, hsm.ErrPINRefused and CKR_PIN_INCORRECT", err)
 	}
 	if strings.Contains(err.Error(), wrong) || strings.Contains(err.Error(), tk.PIN) {
 		t.Errorf("error %q contains a PIN", err)

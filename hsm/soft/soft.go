@@ -49,14 +49,23 @@ type Device struct {
 	key []byte // nil once closed; zeroed by Close
 }
 
+// Validate checks the seal "soft" block's key_file setting without touching
+// the file. Its errors are *hsm.SettingError. Open also checks it.
+func Validate(keyFile string) error {
+	if keyFile == "" {
+		return &hsm.SettingError{Setting: "key_file", Msg: "soft seal: no key file given; set key_file in the seal \"soft\" block, e.g. key_file = \"dev-seal.key\""}
+	}
+	return nil
+}
+
 // Open loads the 32-byte key from keyFile, or, when keyFile does not exist,
 // creates a new random key there (mode 0600, parent directories 0700, written
 // atomically so that a crash never leaves a half-written key). It refuses a
 // key file that group or others may access, that is not a regular file, or
 // that does not hold exactly 32 bytes.
 func Open(keyFile string) (*Device, error) {
-	if keyFile == "" {
-		return nil, errors.New("soft seal: no key file given; set key_file in the seal \"soft\" block")
+	if err := Validate(keyFile); err != nil {
+		return nil, err
 	}
 	key, err := loadKey(keyFile)
 	if errors.Is(err, fs.ErrNotExist) {
