@@ -16,13 +16,13 @@ import (
 // any state to unseal (spec/API.md's "everything else answers 503 sealed"
 // cannot hold for them; the issue notes say so).
 var raftRoutes = map[string]map[string]route{
-	"peers":    {"GET": {accessAdminSealed, "", (*Server).handleListPeers}},
-	"join":     {"POST": {accessAdminSealed, "", (*Server).handleJoin}},
-	"snapshot": {"GET": {accessAdmin, "", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", (*Server).handleSnapshotRestore}},
+	"peers":    {"GET": {accessAdminSealed, "", "raft-peers", (*Server).handleListPeers}},
+	"join":     {"POST": {accessAdminSealed, "", "raft-join", (*Server).handleJoin}},
+	"snapshot": {"GET": {accessAdmin, "", "raft-snapshot-save", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", "raft-snapshot-restore", (*Server).handleSnapshotRestore}},
 }
 
 var raftPeerRoutes = map[string]route{
-	"DELETE": {accessAdminSealed, "", (*Server).handleRemovePeer},
+	"DELETE": {accessAdminSealed, "", "raft-remove-peer", (*Server).handleRemovePeer},
 }
 
 // matchRaft routes "raft/…" below /v1/sys/.

@@ -48,8 +48,11 @@ const (
 )
 
 type route struct {
-	access  access
-	op      string // policy operation, for accessKey
+	access access
+	op     string // policy operation, for accessKey
+	// audit is the request's operation name in the audit log and metrics
+	// (audit.RequestOperations; TestRoutes_OperationsAgree checks both).
+	audit   string
 	handler func(s *Server, rc *reqCtx) error
 }
 
@@ -67,42 +70,42 @@ type reqCtx struct {
 
 var (
 	sysRoutes = map[string]map[string]route{
-		"status": {"GET": {accessOpen, "", (*Server).handleStatus}},
-		"health": {"GET": {accessOpen, "", (*Server).handleHealth}},
-		"init":   {"POST": {accessAdminSealed, "", (*Server).handleInit}},
-		"unseal": {"POST": {accessUnseal, "", (*Server).handleUnseal}},
-		"seal":   {"POST": {accessAdmin, "", (*Server).handleSeal}},
-		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
-		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
-		"rekey":  {"POST": {accessAdmin, "", (*Server).handleRekey}},
+		"status": {"GET": {accessOpen, "", "status", (*Server).handleStatus}},
+		"health": {"GET": {accessOpen, "", "health", (*Server).handleHealth}},
+		"init":   {"POST": {accessAdminSealed, "", "init", (*Server).handleInit}},
+		"unseal": {"POST": {accessUnseal, "", "unseal", (*Server).handleUnseal}},
+		"seal":   {"POST": {accessAdmin, "", "seal", (*Server).handleSeal}},
+		"reseal": {"POST": {accessAdmin, "", "reseal", (*Server).handleReseal}},
+		"rotate": {"POST": {accessAdmin, "", "rotate", (*Server).handleRotate}},
+		"rekey":  {"POST": {accessAdmin, "", "rekey", (*Server).handleRekey}},
 		// metrics is open like status: counts only, no key or secret.
-		"metrics":    {"GET": {accessOpen, "", (*Server).handleMetrics}},
-		"audit-hash": {"POST": {accessAdmin, "", (*Server).handleAuditHash}},
+		"metrics":    {"GET": {accessOpen, "", "metrics", (*Server).handleMetrics}},
+		"audit-hash": {"POST": {accessAdmin, "", "audit-hash", (*Server).handleAuditHash}},
 	}
 	keysRoutes = map[string]route{
-		"GET":  {accessAuthed, "", synced((*Server).handleListKeys)},
-		"POST": {accessAuthed, api.OpCreate, (*Server).handleCreateKey}, // checked in the handler: the name is in the body
+		"GET":  {accessAuthed, "", "list", synced((*Server).handleListKeys)},
+		"POST": {accessAuthed, api.OpCreate, "create", (*Server).handleCreateKey}, // checked in the handler: the name is in the body
 	}
 	keyRoutes = map[string]route{
-		"GET":    {accessKey, api.OpRead, synced((*Server).handleGetKey)},
-		"PATCH":  {accessKey, api.OpUpdate, (*Server).handleUpdateKey},
-		"DELETE": {accessKey, api.OpDelete, (*Server).handleDeleteKey},
+		"GET":    {accessKey, api.OpRead, "read", synced((*Server).handleGetKey)},
+		"PATCH":  {accessKey, api.OpUpdate, "update", (*Server).handleUpdateKey},
+		"DELETE": {accessKey, api.OpDelete, "delete", (*Server).handleDeleteKey},
 	}
 	keyActionRoutes = map[string]map[string]route{
-		"rotate":  {"POST": {accessKey, api.OpRotate, (*Server).handleRotateKey}},
-		"restore": {"POST": {accessKey, api.OpDelete, (*Server).handleRestoreKey}},
-		"wrap":    {"POST": {accessKey, api.OpWrap, (*Server).handleWrap}},
-		"unwrap":  {"POST": {accessKey, api.OpUnwrap, (*Server).handleUnwrap}},
-		"rewrap":  {"POST": {accessKey, api.OpRewrap, (*Server).handleRewrap}},
-		"datakey": {"POST": {accessKey, api.OpDatakey, (*Server).handleDataKey}},
+		"rotate":  {"POST": {accessKey, api.OpRotate, "rotate", (*Server).handleRotateKey}},
+		"restore": {"POST": {accessKey, api.OpDelete, "restore", (*Server).handleRestoreKey}},
+		"wrap":    {"POST": {accessKey, api.OpWrap, "wrap", (*Server).handleWrap}},
+		"unwrap":  {"POST": {accessKey, api.OpUnwrap, "unwrap", (*Server).handleUnwrap}},
+		"rewrap":  {"POST": {accessKey, api.OpRewrap, "rewrap", (*Server).handleRewrap}},
+		"datakey": {"POST": {accessKey, api.OpDatakey, "datakey", (*Server).handleDataKey}},
 	}
 	policiesRoutes = map[string]route{
-		"GET": {accessAdmin, "", synced((*Server).handleListPolicies)},
+		"GET": {accessAdmin, "", "policy-list", synced((*Server).handleListPolicies)},
 	}
 	policyRoutes = map[string]route{
-		"GET":    {accessAdmin, "", synced((*Server).handleGetPolicy)},
-		"PUT":    {accessAdmin, "", (*Server).handlePutPolicy},
-		"DELETE": {accessAdmin, "", (*Server).handleDeletePolicy},
+		"GET":    {accessAdmin, "", "policy-read", synced((*Server).handleGetPolicy)},
+		"PUT":    {accessAdmin, "", "policy-write", (*Server).handlePutPolicy},
+		"DELETE": {accessAdmin, "", "policy-delete", (*Server).handleDeletePolicy},
 	}
 )
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/user"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -112,31 +113,12 @@ func checkUnitName(u string) error {
 	return nil
 }
 
-// opIndex returns the bit of op in an operation mask, or -1.
-func opIndex(op string) int {
-	switch op {
-	case api.OpWrap:
-		return 0
-	case api.OpUnwrap:
-		return 1
-	case api.OpRewrap:
-		return 2
-	case api.OpDatakey:
-		return 3
-	case api.OpRead:
-		return 4
-	case api.OpCreate:
-		return 5
-	case api.OpRotate:
-		return 6
-	case api.OpUpdate:
-		return 7
-	case api.OpDelete:
-		return 8
-	}
-	return -1
-}
+// opIndex returns the bit of op in an operation mask, or -1: its index in
+// api.Operations, the one list of policy operations.
+func opIndex(op string) int { return slices.Index(api.Operations, op) }
 
+// numOps is len(api.Operations), as a constant for the arrays below
+// (TestOpIndex_MatchesOperations checks it).
 const numOps = 9
 
 // PolicySet is a compiled, immutable set of policies. It is safe for

@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/audit"
+)
+
+// allRoutes lists every route of the route table with its method and a
+// path pattern ({name}, {id} for the path parameters).
+func allRoutes() map[string]route {
+	out := map[string]route{}
+	add := func(path string, m map[string]route) {
+		for method, rt := range m {
+			out[method+" "+path] = rt
+		}
+	}
+	for name, m := range sysRoutes {
+		add("/v1/sys/"+name, m)
+	}
+	for name, m := range raftRoutes {
+		add("/v1/sys/raft/"+name, m)
+	}
+	add("/v1/sys/raft/peers/{id}", raftPeerRoutes)
+	add("/v1/keys", keysRoutes)
+	add("/v1/keys/{name}", keyRoutes)
+	for action, m := range keyActionRoutes {
+		add("/v1/keys/{name}/"+action, m)
+	}
+	add("/v1/policies", policiesRoutes)
+	add("/v1/policies/{name}", policyRoutes)
+	return out
+}
+
+// TestRoutes_OperationsAgree: the route table, the policy operations
+// (api.Operations) and the audit operations (audit.RequestOperations) are
+// one set of names. Every route names its audit operation, which is a
+// request operation; every request operation is a route's, or "unknown",
+// or one of the operations of the node's other sockets
+// (audit.NoRouteOperations); every policy operation governs a route and is
+// audited under its own name.
+func TestRoutes_OperationsAgree(t *testing.T) {
+	routes := allRoutes()
+	routeOps := map[string]bool{}
+	policyOps := map[string]bool{}
+	for ep, rt := range routes {
+		if rt.audit == "" {
+			t.Errorf("%s has no audit operation", ep)
+			continue
+		}
+		routeOps[rt.audit] = true
+		if !slices.Contains(audit.RequestOperations, rt.audit) {
+			t.Errorf("%s: audit operation %q is not in audit.RequestOperations", ep, rt.audit)
+		}
+		if rt.op != "" {
+			policyOps[rt.op] = true
+			if !slices.Contains(api.Operations, rt.op) {
+				t.Errorf("%s: policy operation %q is not in api.Operations", ep, rt.op)
+			}
+		}
+		if rt.access == accessKey && rt.op == "" {
+			t.Errorf("%s is policy-checked but names no policy operation", ep)
+		}
+		// operationFor finds the route's operation from method and path.
+		method, path, _ := strings.Cut(ep, " ")
+		if got := operationFor(method, fill(path)); got != rt.audit {
+			t.Errorf("operationFor(%s) = %q, want the route's %q", ep, got, rt.audit)
+		}
+	}
+	for _, op := range audit.RequestOperations {
+		switch {
+		case op == "unknown":
+		case slices.Contains(audit.NoRouteOperations, op):
+			if routeOps[op] {
+				t.Errorf("%q is in audit.NoRouteOperations but a route carries it", op)
+			}
+		case !routeOps[op]:
+			t.Errorf("audit request operation %q belongs to no route: add the route, or list it in audit.NoRouteOperations", op)
+		}
+	}
+	for _, op := range audit.NoRouteOperations {
+		if routeOps[op] {
+			t.Errorf("reserved no-route operation %q is carried by a route", op)
+		}
+	}
+	for _, op := range api.Operations {
+		if !policyOps[op] {
+			t.Errorf("policy operation %q governs no route", op)
+		}
+		if !routeOps[op] {
+			t.Errorf("policy operation %q is not audited under its own name by any route", op)
+		}
+	}
+	// Event names are their own list; an event may share a request's name
+	// (init, rotate) but must not be empty.
+	for _, op := range audit.EventOperations {
+		if op == "" {
+			t.Error("empty event operation")
+		}
+	}
+	if testing.Verbose() {
+		var eps []string
+		for ep := range routes {
+			eps = append(eps, ep)
+		}
+		sort.Strings(eps)
+		for _, ep := range eps {
+			t.Logf("%-40s %s", ep, routes[ep].audit)
+		}
+	}
+}
+
+// fill puts example values into a path pattern.
+func fill(path string) string {
+	out := []byte{}
+	for i := 0; i < len(path); i++ {
+		if path[i] == '{' {
+			for i < len(path) && path[i] != '}' {
+				i++
+			}
+			out = append(out, "x1"...)
+			continue
+		}
+		out = append(out, path[i])
+	}
+	return string(out)
+}
