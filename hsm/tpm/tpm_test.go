@@ -9,7 +9,6 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/hsm/hsmtest"
 	softhsmtest "github.com/coffer-kms/coffer/softhsm-test"
 )
 
@@ -201,43 +201,23 @@ func TestTPMDevice_Unseal_Refuses(t *testing.T) {
 		f(&b)
 		return b
 	}
-	tests := []struct {
-		name    string
-		blob    hsm.Blob
-		aad     []byte
-		wantErr string
-	}{
-		{"other aad", b, hsm.SealAAD("cluster-1", "node-2"), "aad does not match"},
-		{"nil aad", b, nil, "aad does not match"},
-		{"other kind", with(b, func(b *hsm.Blob) { b.Kind = "soft" }), aad, `sealed by a "soft" device`},
-		{"other tpm", bo, aad, "sealed under TPM storage key"},
-		{"other tpm without key id", with(bo, func(b *hsm.Blob) { b.KeyID = "" }), aad, "does not load under this TPM's storage key"},
-		{"empty data", with(b, func(b *hsm.Blob) { b.Data = nil }), aad, "damaged"},
-		{"bad magic", with(b, func(b *hsm.Blob) { b.Data[0] ^= 1 }), aad, "bad magic"},
-		{"other version", with(b, func(b *hsm.Blob) { b.Data[4] = 2 }), aad, "layout version 2"},
-		{"truncated", with(b, func(b *hsm.Blob) { b.Data = b.Data[:len(b.Data)-1] }), aad, "truncated"},
-		{"trailing bytes", with(b, func(b *hsm.Blob) { b.Data = append(b.Data, 0) }), aad, "trailing"},
-		{"tampered private", with(b, func(b *hsm.Blob) { b.Data[len(b.Data)-5] ^= 1 }), aad, "does not load"},
-		{"pcr meta removed", with(bp, func(b *hsm.Blob) { delete(b.Meta, metaPCRs) }), aad, "requires a policy"},
-		{"pcr meta added", with(b, func(b *hsm.Blob) { b.Meta[metaPCRs] = "16" }), aad, "has no policy"},
-		{"pcr meta garbage", with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "sixteen" }), aad, "not a PCR list"},
-		{"pcr meta other pcr", with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "7" }), aad, "PCR policy"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := d.Unseal(context.Background(), tt.blob, tt.aad)
-			if err == nil {
-				clear(got)
-				t.Fatal("Unseal succeeded, want a refusal")
-			}
-			if !errors.Is(err, hsm.ErrUnsealFailed) {
-				t.Errorf("error %q does not wrap ErrUnsealFailed", err)
-			}
-			if !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("error %q does not contain %q", err, tt.wantErr)
-			}
-		})
-	}
+	hsmtest.CheckRefusals(t, d, []hsmtest.Refusal{
+		{Name: "other aad", Blob: b, AAD: hsm.SealAAD("cluster-1", "node-2"), WantErr: "aad does not match"},
+		{Name: "nil aad", Blob: b, AAD: nil, WantErr: "aad does not match"},
+		{Name: "other kind", Blob: with(b, func(b *hsm.Blob) { b.Kind = "soft" }), AAD: aad, WantErr: `sealed by a "soft" device`},
+		{Name: "other tpm", Blob: bo, AAD: aad, WantErr: "sealed under TPM storage key"},
+		{Name: "other tpm without key id", Blob: with(bo, func(b *hsm.Blob) { b.KeyID = "" }), AAD: aad, WantErr: "does not load under this TPM's storage key"},
+		{Name: "empty data", Blob: with(b, func(b *hsm.Blob) { b.Data = nil }), AAD: aad, WantErr: "damaged"},
+		{Name: "bad magic", Blob: with(b, func(b *hsm.Blob) { b.Data[0] ^= 1 }), AAD: aad, WantErr: "bad magic"},
+		{Name: "other version", Blob: with(b, func(b *hsm.Blob) { b.Data[4] = 2 }), AAD: aad, WantErr: "layout version 2"},
+		{Name: "truncated", Blob: with(b, func(b *hsm.Blob) { b.Data = b.Data[:len(b.Data)-1] }), AAD: aad, WantErr: "truncated"},
+		{Name: "trailing bytes", Blob: with(b, func(b *hsm.Blob) { b.Data = append(b.Data, 0) }), AAD: aad, WantErr: "trailing"},
+		{Name: "tampered private", Blob: with(b, func(b *hsm.Blob) { b.Data[len(b.Data)-5] ^= 1 }), AAD: aad, WantErr: "does not load"},
+		{Name: "pcr meta removed", Blob: with(bp, func(b *hsm.Blob) { delete(b.Meta, metaPCRs) }), AAD: aad, WantErr: "requires a policy"},
+		{Name: "pcr meta added", Blob: with(b, func(b *hsm.Blob) { b.Meta[metaPCRs] = "16" }), AAD: aad, WantErr: "has no policy"},
+		{Name: "pcr meta garbage", Blob: with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "sixteen" }), AAD: aad, WantErr: "not a PCR list"},
+		{Name: "pcr meta other pcr", Blob: with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "7" }), AAD: aad, WantErr: "PCR policy"},
+	})
 	// None of the refusals broke the device.
 	mustUnseal(t, d, b, aad, secret)
 	mustUnseal(t, d, bp, aad, secret)
@@ -435,6 +415,16 @@ func TestTPMOpen_Errors(t *testing.T) {
 	}
 }
 
+// TestConformance runs the hsm.Device contract's suite on swtpm
+// simulators, one per device.
+func TestConformance(t *testing.T) {
+	open := func(t *testing.T) hsm.Device { return mustOpen(t, softhsmtest.StartSWTPM(t).Addr, 16) }
+	hsmtest.Run(t, hsmtest.Config{Open: open, Other: open, Goroutines: 4, Rounds: 3})
+}
+
+// TestTPMDevice_Closed: Close releases the simulator, so that another
+// client gets it at once, and errors after Close say "closed" (the rest
+// of Close's contract is in the conformance suite).
 func TestTPMDevice_Closed(t *testing.T) {
 	emu := softhsmtest.StartSWTPM(t)
 	d := mustOpen(t, emu.Addr)
@@ -442,39 +432,20 @@ func TestTPMDevice_Closed(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := d.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
+	if err := d.Health(context.Background()); !errors.Is(err, hsm.ErrDeviceUnavailable) || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Health after Close: %v, want ErrDeviceUnavailable (closed)", err)
 	}
-	ctx := context.Background()
-	for name, err := range map[string]error{
-		"seal":   func() error { _, err := d.Seal(ctx, []byte("x"), nil); return err }(),
-		"unseal": func() error { _, err := d.Unseal(ctx, b, nil); return err }(),
-		"health": d.Health(ctx),
-		"reopen": d.Reopen(ctx),
-	} {
-		if !errors.Is(err, hsm.ErrDeviceUnavailable) || !strings.Contains(err.Error(), "closed") {
-			t.Errorf("%s after Close: %v, want ErrDeviceUnavailable (closed)", name, err)
-		}
-	}
-	// Close released the emulator: another client gets it at once.
 	d2 := mustOpen(t, emu.Addr)
 	mustUnseal(t, d2, b, nil, []byte("root key"))
 }
 
+// TestTPMDevice_Context: cancelled in the middle of an operation, the call
+// fails with the cancellation and the device recovers without leaking
+// objects (a cancelled context before the call is in the conformance
+// suite).
 func TestTPMDevice_Context(t *testing.T) {
 	emu := softhsmtest.StartSWTPM(t)
 	d := mustOpen(t, emu.Addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := d.Seal(ctx, []byte("x"), nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Seal with a cancelled context: %v", err)
-	}
-	if err := d.Health(ctx); !errors.Is(err, context.Canceled) {
-		t.Errorf("Health with a cancelled context: %v", err)
-	}
-
-	// Cancelled in the middle of an operation: the call fails with the
-	// cancellation, and the device recovers.
 	b := mustSeal(t, d, []byte("root key"), nil)
 	for n := 1; n <= 8; n++ {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -522,47 +493,6 @@ func TestTPMDevice_FlushesLeftoversOfCrashedClient(t *testing.T) {
 
 	d := mustOpen(t, emu.Addr, 16)
 	mustUnseal(t, d, mustSeal(t, d, []byte("root key"), nil), nil, []byte("root key"))
-}
-
-func TestTPMDevice_Concurrent(t *testing.T) {
-	emu := softhsmtest.StartSWTPM(t)
-	d := mustOpen(t, emu.Addr, 16)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for i := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx := context.Background()
-			aad := hsm.SealAAD("c", strconv.Itoa(i))
-			for j := range 3 {
-				secret := []byte{byte(i), byte(j)}
-				b, err := d.Seal(ctx, secret, aad)
-				if err != nil {
-					errs <- err
-					return
-				}
-				got, err := d.Unseal(ctx, b, aad)
-				if err != nil {
-					errs <- err
-					return
-				}
-				if !bytes.Equal(got, secret) {
-					errs <- errors.New("unsealed another secret")
-					return
-				}
-				if err := d.Health(ctx); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
 }
 
 func (d *Device) setTap(f func(cmd, rsp []byte)) {
