@@ -533,7 +533,7 @@ func (ks *Keystore) Rekey(ctx context.Context, newRoot []byte, shares, threshold
 	}
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
-	for attempt := 0; ; attempt++ {
+	return retryCAS(func() error {
 		ks.mu.RLock()
 		if ks.root == nil {
 			ks.mu.RUnlock()
@@ -566,12 +566,8 @@ func (ks *Keystore) Rekey(ctx context.Context, newRoot []byte, shares, threshold
 		wrap = g.Seal(wrap, wrap[:gcmNonceSize], newRoot, rootWrapAAD(sc.ClusterID, expect))
 		term := ks.active
 		ks.mu.RUnlock()
-		err = ks.propose(ctx, &command{Op: opRekey, Expect: expect, Seal: &sc, Keyring: blob, RootWrap: wrap, Term: term})
-		if errors.Is(err, ErrConflict) && attempt < 5 {
-			continue
-		}
-		return err
-	}
+		return ks.propose(ctx, &command{Op: opRekey, Expect: expect, Seal: &sc, Keyring: blob, RootWrap: wrap, Term: term})
+	})
 }
 
 // ---- snapshots ----

@@ -1,0 +1,24 @@
+package keystore
+
+import "errors"
+
+// casRetries bounds how often a compare-and-set write that lost a race to
+// another writer (ErrConflict) is built again from the new state: writers
+// on one node are serialised by writeMu, so a conflict means a write from
+// another node, and a few retries settle it.
+const casRetries = 5
+
+// retryCAS runs attempt, which reads the current state, builds one
+// compare-and-set write from it and proposes it, and runs it again while it
+// loses the race, at most casRetries more times. attempt must have no side
+// effects besides its write: it may run again. The last error is returned
+// (ErrConflict if every attempt lost).
+func retryCAS(attempt func() error) error {
+	for i := 0; ; i++ {
+		err := attempt()
+		if errors.Is(err, ErrConflict) && i < casRetries {
+			continue
+		}
+		return err
+	}
+}
