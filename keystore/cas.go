@@ -22,3 +22,21 @@ func retryCAS(attempt func() error) error {
 		return err
 	}
 }
+
+// rlockKeyring read-locks ks.mu and opens the keyring, for a write that
+// builds a new keyring from the current one. On success ks.mu stays
+// read-locked (the caller unlocks it, and zeroes keys); on error it is
+// unlocked (ErrSealed while sealed).
+func (ks *Keystore) rlockKeyring() (*keyringPlain, [][]byte, error) {
+	ks.mu.RLock()
+	if ks.root == nil {
+		ks.mu.RUnlock()
+		return nil, nil, ErrSealed
+	}
+	kr, keys, err := openKeyring(ks.root.Bytes(), ks.seal.ClusterID, ks.keyring)
+	if err != nil {
+		ks.mu.RUnlock()
+		return nil, nil, err
+	}
+	return kr, keys, nil
+}

@@ -454,14 +454,8 @@ func (ks *Keystore) RotateKeyring(ctx context.Context) (int, error) {
 	defer ks.writeMu.Unlock()
 	var next uint32
 	err := retryCAS(func() error {
-		ks.mu.RLock()
-		if ks.root == nil {
-			ks.mu.RUnlock()
-			return ErrSealed
-		}
-		kr, keys, err := openKeyring(ks.root.Bytes(), ks.seal.ClusterID, ks.keyring)
+		kr, keys, err := ks.rlockKeyring()
 		if err != nil {
-			ks.mu.RUnlock()
 			return err
 		}
 		expect := ks.keyringVersion

@@ -534,14 +534,8 @@ func (ks *Keystore) Rekey(ctx context.Context, newRoot []byte, shares, threshold
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
 	return retryCAS(func() error {
-		ks.mu.RLock()
-		if ks.root == nil {
-			ks.mu.RUnlock()
-			return ErrSealed
-		}
-		kr, keys, err := openKeyring(ks.root.Bytes(), ks.seal.ClusterID, ks.keyring)
+		kr, keys, err := ks.rlockKeyring()
 		if err != nil {
-			ks.mu.RUnlock()
 			return err
 		}
 		sc := *ks.seal
