@@ -9,15 +9,9 @@ import (
 	"path/filepath"
 
 	ucli "github.com/urfave/cli/v2"
-)
 
-// raftPeer is one entry of GET /v1/sys/raft/peers.
-type raftPeer struct {
-	ID      string `json:"id"`
-	Address string `json:"address"`
-	Voter   bool   `json:"voter"`
-	Leader  bool   `json:"leader"`
-}
+	"github.com/coffer-kms/coffer/api"
+)
 
 func (e *env) raftCommand() *ucli.Command {
 	return group(&ucli.Command{
@@ -58,7 +52,7 @@ func (e *env) raftJoinCommand() *ucli.Command {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return usagef("LEADER_ADDR %q is not host:port (e.g. 10.0.0.1:8201)", addr)
 		}
-		return x.request(http.MethodPost, "/v1/sys/raft/join", map[string]string{"leader_address": addr}, nil, func() error {
+		return x.request(http.MethodPost, "/v1/sys/raft/join", api.JoinRequest{LeaderAddress: addr}, nil, func() error {
 			_, err := fmt.Fprintf(x.stdout, "Joined the cluster via %s. Unseal this node (coffer operator unseal) unless its device does it.\n", addr)
 			return err
 		})
@@ -72,9 +66,7 @@ func (e *env) raftListPeersCommand() *ucli.Command {
 		UsageText:   "coffer operator raft list-peers",
 		Description: "Prints each member's node id, cluster address, whether it votes and which one leads.",
 	}, "coffer operator raft list-peers", 0, 0, func(x *cmd) error {
-		var out struct {
-			Peers []raftPeer `json:"peers"`
-		}
+		var out api.PeerList
 		return x.request(http.MethodGet, "/v1/sys/raft/peers", nil, &out, func() error {
 			t := newTable(x.stdout)
 			t.row("NODE", "ADDRESS", "VOTER", "STATE")

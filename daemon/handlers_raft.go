@@ -39,22 +39,16 @@ func (s *Server) handleListPeers(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	out := struct {
-		Peers []cluster.Peer `json:"peers"`
-	}{Peers: peers}
-	if out.Peers == nil {
-		out.Peers = []cluster.Peer{}
+	out := api.PeerList{Peers: make([]api.Peer, 0, len(peers))}
+	for _, p := range peers {
+		out.Peers = append(out.Peers, api.Peer{ID: p.ID, Address: p.Address, Voter: p.Voter, Leader: p.Leader})
 	}
 	writeJSON(rc.w, http.StatusOK, out)
 	return nil
 }
 
-type joinRequest struct {
-	LeaderAddress string `json:"leader_address"`
-}
-
 func (s *Server) handleJoin(rc *reqCtx) error {
-	var req joinRequest
+	var req api.JoinRequest
 	if err := decode(rc, &req); err != nil {
 		return err
 	}

@@ -6,18 +6,10 @@ import (
 	"github.com/coffer-kms/coffer/api"
 )
 
-// rekeyRequest is the body of POST /v1/sys/rekey.
-type rekeyRequest struct {
-	CurrentShares []string `json:"current_shares"`
-	Shares        int      `json:"shares"`
-	Threshold     int      `json:"threshold"`
-	Recipients    []string `json:"recipients,omitempty"`
-}
-
 // handleRekey makes a new root key and new shares, authorised by T current
 // shares (seal.Manager.Rekey).
 func (s *Server) handleRekey(rc *reqCtx) error {
-	var req rekeyRequest
+	var req api.RekeyRequest
 	if err := decode(rc, &req); err != nil {
 		return err
 	}
@@ -26,6 +18,6 @@ func (s *Server) handleRekey(rc *reqCtx) error {
 		return err
 	}
 	s.log.Warn("rekeyed: new root key and shares; the old shares no longer work", "shares", req.Shares, "threshold", req.Threshold, "uid", rc.caller.UID)
-	writeJSON(rc.w, http.StatusOK, api.InitResponse{Shares: resp.Shares, Encrypted: resp.Encrypted})
+	writeJSON(rc.w, http.StatusOK, api.RekeyResponse(resp))
 	return nil
 }
