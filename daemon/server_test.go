@@ -67,7 +67,10 @@ func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testN
 	}}}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := os.Stat(cfg.Listener.Path); err == nil {
+		// Dial, not stat: the socket file exists from bind(2) on, but a
+		// connection is refused until listen(2).
+		if c, err := net.Dial("unix", cfg.Listener.Path); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
