@@ -1,5 +1,5 @@
 // Package api holds the JSON request and response types of the Coffer HTTP
-// API (spec/API.md) and its error codes. Both the daemon and the CLI import
+// API (docs/api.md) and its error codes. Both the daemon and the CLI import
 // it, so the wire format is defined in exactly one place.
 //
 // Binary fields ([]byte) travel as standard base64 with padding, which is what
@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Error codes (spec/API.md, "Conventions").
+// Error codes (docs/api.md, "Conventions").
 const (
 	CodeBadRequest         = "bad_request"
 	CodeInvalidShare       = "invalid_share"
@@ -27,13 +27,12 @@ const (
 	CodeNoLeader           = "no_leader"
 	CodeInternal           = "internal"
 	// CodeAuditUnavailable (503): the node cannot write its audit log (disk
-	// full, permission, I/O error) and refuses what it cannot record. Not
-	// in spec/API.md's table, which predates the audit log: see
+	// full, permission, I/O error) and refuses what it cannot record: see
 	// docs/audit.md.
 	CodeAuditUnavailable = "audit_unavailable"
 )
 
-// Limits (spec/API.md, "Conventions").
+// Limits (docs/api.md, "Conventions").
 const (
 	MaxPlaintext   = 64 << 10
 	MaxBody        = 4 << 20
@@ -62,7 +61,7 @@ const (
 	OpDelete  = "delete"
 )
 
-// Operations lists every policy operation, in the order of spec/API.md.
+// Operations lists every policy operation, in the order of docs/api.md.
 var Operations = []string{OpWrap, OpUnwrap, OpRewrap, OpDatakey, OpRead, OpCreate, OpRotate, OpUpdate, OpDelete}
 
 // ValidName reports whether s is a valid key or policy name:

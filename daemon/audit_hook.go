@@ -179,7 +179,7 @@ func auditUnavailable(err error) api.ErrorDetail {
 		"and requests work again within a second of that"}
 }
 
-// unaudited reports whether a request is one that spec/API.md exempts from
+// unaudited reports whether a request is one that docs/api.md exempts from
 // the audit log.
 func unaudited(r *http.Request) bool {
 	if r.Method != http.MethodGet {

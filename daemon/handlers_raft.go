@@ -13,8 +13,8 @@ import (
 
 // raftRoutes are the /v1/sys/raft/* endpoints. Join and peer listing work
 // on a sealed or uninitialised node: a node joins a cluster before it has
-// any state to unseal (spec/API.md's "everything else answers 503 sealed"
-// cannot hold for them; the issue notes say so).
+// any state to unseal (docs/api.md; docs/spec-changes.md says why
+// the shared spec's "everything else answers 503 sealed" cannot hold).
 var raftRoutes = map[string]map[string]route{
 	"peers":    {"GET": {accessAdminSealed, "", "raft-peers", (*Server).handleListPeers}},
 	"join":     {"POST": {accessAdminSealed, "", "raft-join", (*Server).handleJoin}},

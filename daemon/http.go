@@ -199,7 +199,7 @@ func (s *Server) dispatch(rc *reqCtx) int {
 	}
 	routes, name := match(r.URL.Path)
 	if routes == nil {
-		return s.fail(rc, &httpError{http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint %s: see the API reference (spec/API.md)", truncate(r.URL.Path))})
+		return s.fail(rc, &httpError{http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint %s: see the API reference (docs/api.md)", truncate(r.URL.Path))})
 	}
 	rt, ok := routes[r.Method]
 	if !ok {

@@ -10,29 +10,12 @@ import (
 	"github.com/coffer-kms/coffer/daemon/audit"
 )
 
-// allRoutes lists every route of the route table with its method and a
-// path pattern ({name}, {id} for the path parameters).
+// allRoutes is routeTable keyed "METHOD /path".
 func allRoutes() map[string]route {
 	out := map[string]route{}
-	add := func(path string, m map[string]route) {
-		for method, rt := range m {
-			out[method+" "+path] = rt
-		}
+	for ep, rt := range routeTable() {
+		out[ep.method+" "+ep.path] = rt
 	}
-	for name, m := range sysRoutes {
-		add("/v1/sys/"+name, m)
-	}
-	for name, m := range raftRoutes {
-		add("/v1/sys/raft/"+name, m)
-	}
-	add("/v1/sys/raft/peers/{id}", raftPeerRoutes)
-	add("/v1/keys", keysRoutes)
-	add("/v1/keys/{name}", keyRoutes)
-	for action, m := range keyActionRoutes {
-		add("/v1/keys/{name}/"+action, m)
-	}
-	add("/v1/policies", policiesRoutes)
-	add("/v1/policies/{name}", policyRoutes)
 	return out
 }
 

@@ -1,5 +1,5 @@
 // Package daemon is cofferd's process: the sealed ⇄ unsealed lifecycle, the
-// HTTP/JSON API on the unix socket (spec/API.md), caller identity and
+// HTTP/JSON API on the unix socket (docs/api.md), caller identity and
 // authorisation, the seal device and the key scheduler. It wires together
 // keystore (state), cluster (raft) and hsm (devices); the config, identity
 // and platform pieces live in the subpackages daemon/config, daemon/auth and

@@ -1,4 +1,4 @@
-// Package config reads cofferd's HCL configuration file (spec/CONFIG.md).
+// Package config reads cofferd's HCL configuration file (docs/config.md).
 //
 // Parsing is strict: an unknown attribute or block, a value of the wrong type,
 // or a setting that cannot work is an error, and every error is one line of
@@ -26,7 +26,7 @@ import (
 	"github.com/coffer-kms/coffer/hsm/tpm"
 )
 
-// Defaults (spec/CONFIG.md).
+// Defaults (docs/config.md).
 const (
 	DefaultDataDir    = "/var/lib/coffer"
 	DefaultSocketPath = "/run/coffer/coffer.sock"
@@ -195,7 +195,7 @@ func (e *Error) Error() string {
 	}
 }
 
-// DefaultConfig returns the configuration of spec/CONFIG.md's defaults:
+// DefaultConfig returns the configuration of docs/config.md's defaults:
 // node_id the hostname, data_dir /var/lib/coffer, log level info in text,
 // the socket /run/coffer/coffer.sock with mode 0660 and the daemon's own
 // group, only uid 0 administers, single node, Shamir-only unseal.

@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// specExample is the full example of spec/CONFIG.md with only the pkcs11
+// specExample is the full example of the shared spec's CONFIG.md with only the pkcs11
 // seal block kept.
 const specExample = `node_id    = "node1"              # default: the hostname
 data_dir   = "/var/lib/coffer"    # raft log, snapshots, node-local sealed root key
