@@ -1,6 +1,12 @@
 package daemon
 
 import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"go/types"
+	"io/fs"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -111,4 +117,56 @@ func fill(path string) string {
 		out = append(out, path[i])
 	}
 	return string(out)
+}
+
+// TestRoutes_TableListsEveryRouteMap: routeTable (routes.go) flattens the
+// route maps by hand; a route map added to the package without a line in
+// routeTable would escape the operation and documentation checks. Every
+// package-level variable of type map[string]route or
+// map[string]map[string]route must be named in routeTable.
+func TestRoutes_TableListsEveryRouteMap(t *testing.T) {
+	fset := token.NewFileSet()
+	pkgs, err := parser.ParseDir(fset, ".", func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("routes.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := string(src[strings.Index(string(src), "func routeTable()"):])
+	found := 0
+	for _, p := range pkgs {
+		for _, f := range p.Files {
+			for _, d := range f.Decls {
+				gd, ok := d.(*ast.GenDecl)
+				if !ok || gd.Tok != token.VAR {
+					continue
+				}
+				for _, spec := range gd.Specs {
+					vs := spec.(*ast.ValueSpec)
+					for i, name := range vs.Names {
+						if i >= len(vs.Values) {
+							continue
+						}
+						cl, ok := vs.Values[i].(*ast.CompositeLit)
+						if !ok {
+							continue
+						}
+						typ := types.ExprString(cl.Type)
+						if typ != "map[string]route" && typ != "map[string]map[string]route" {
+							continue
+						}
+						found++
+						if !strings.Contains(table, name.Name) {
+							t.Errorf("route map %s is not listed in routeTable (routes.go)", name.Name)
+						}
+					}
+				}
+			}
+		}
+	}
+	if found < 7 {
+		t.Fatalf("found only %d route maps: has the route table's shape changed?", found)
+	}
 }
