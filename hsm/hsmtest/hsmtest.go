@@ -105,7 +105,8 @@ func randomBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-func mustSeal(t *testing.T, d hsm.Device, secret, aad []byte) hsm.Blob {
+// MustSeal seals secret with d or fails the test.
+func MustSeal(t testing.TB, d hsm.Device, secret, aad []byte) hsm.Blob {
 	t.Helper()
 	b, err := d.Seal(context.Background(), secret, aad)
 	if err != nil {
@@ -114,7 +115,9 @@ func mustSeal(t *testing.T, d hsm.Device, secret, aad []byte) hsm.Blob {
 	return b
 }
 
-func mustUnseal(t *testing.T, d hsm.Device, b hsm.Blob, aad, want []byte) {
+// MustUnseal unseals b with d and checks that it gives want, or fails the
+// test; it zeroes what it unsealed.
+func MustUnseal(t testing.TB, d hsm.Device, b hsm.Blob, aad, want []byte) {
 	t.Helper()
 	got, err := d.Unseal(context.Background(), b, aad)
 	if err != nil {
@@ -142,7 +145,7 @@ func testRoundTrip(t *testing.T, cfg Config) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := bytes.Clone(tc.secret)
-			b := mustSeal(t, d, tc.secret, tc.aad)
+			b := MustSeal(t, d, tc.secret, tc.aad)
 			if b.Kind != d.Kind() {
 				t.Errorf("blob kind %q, want the device's %q", b.Kind, d.Kind())
 			}
@@ -152,8 +155,8 @@ func testRoundTrip(t *testing.T, cfg Config) {
 			// The caller zeroes its secret after Seal: the blob must not
 			// depend on it.
 			clear(tc.secret)
-			mustUnseal(t, d, b, tc.aad, want)
-			b2 := mustSeal(t, d, want, tc.aad)
+			MustUnseal(t, d, b, tc.aad, want)
+			b2 := MustSeal(t, d, want, tc.aad)
 			if bytes.Equal(b.Data, b2.Data) {
 				t.Error("two seals of the same secret gave the same blob: Seal must use fresh randomness")
 			}
@@ -168,7 +171,7 @@ func testRefuses(t *testing.T, cfg Config) {
 	d := cfg.Open(t)
 	defer d.Close()
 	secret, aad := randomBytes(t, 32), hsm.SealAAD("cluster-1", "node1")
-	b := mustSeal(t, d, secret, aad)
+	b := MustSeal(t, d, secret, aad)
 	with := func(f func(*hsm.Blob)) hsm.Blob {
 		c := b
 		c.Data = bytes.Clone(b.Data)
@@ -193,11 +196,11 @@ func testRefuses(t *testing.T, cfg Config) {
 	if cfg.Other != nil {
 		o := cfg.Other(t)
 		defer o.Close()
-		cases = append(cases, Refusal{Name: "another device's blob", Blob: mustSeal(t, o, secret, aad), AAD: aad})
+		cases = append(cases, Refusal{Name: "another device's blob", Blob: MustSeal(t, o, secret, aad), AAD: aad})
 	}
 	CheckRefusals(t, d, cases)
 	// None of the refusals broke the device.
-	mustUnseal(t, d, b, aad, secret)
+	MustUnseal(t, d, b, aad, secret)
 	if err := d.Health(context.Background()); err != nil {
 		t.Errorf("Health after refusals: %v", err)
 	}
@@ -255,7 +258,7 @@ func testConcurrent(t *testing.T, cfg Config) {
 func testClosed(t *testing.T, cfg Config) {
 	d := cfg.Open(t)
 	ctx := context.Background()
-	b := mustSeal(t, d, []byte("root key"), nil)
+	b := MustSeal(t, d, []byte("root key"), nil)
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -282,7 +285,7 @@ func testClosed(t *testing.T, cfg Config) {
 func testContext(t *testing.T, cfg Config) {
 	d := cfg.Open(t)
 	defer d.Close()
-	b := mustSeal(t, d, []byte("root key"), nil)
+	b := MustSeal(t, d, []byte("root key"), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := d.Seal(ctx, []byte("s"), nil); !errors.Is(err, context.Canceled) {
@@ -299,5 +302,5 @@ func testContext(t *testing.T, cfg Config) {
 	if err := d.Health(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("Health: %v, want context.Canceled", err)
 	}
-	mustUnseal(t, d, b, nil, []byte("root key"))
+	MustUnseal(t, d, b, nil, []byte("root key"))
 }

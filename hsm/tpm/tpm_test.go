@@ -72,27 +72,6 @@ func randomSecret(t testing.TB, n int) []byte {
 	return b
 }
 
-func mustSeal(t testing.TB, d *Device, secret, aad []byte) hsm.Blob {
-	t.Helper()
-	b, err := d.Seal(context.Background(), secret, aad)
-	if err != nil {
-		t.Fatalf("Seal: %v", err)
-	}
-	return b
-}
-
-func mustUnseal(t testing.TB, d *Device, b hsm.Blob, aad, want []byte) {
-	t.Helper()
-	got, err := d.Unseal(context.Background(), b, aad)
-	if err != nil {
-		t.Fatalf("Unseal: %v", err)
-	}
-	defer clear(got)
-	if !bytes.Equal(got, want) {
-		t.Fatal("Unseal returned another secret")
-	}
-}
-
 // closedAddr is a TCP address on which nothing listens.
 func closedAddr(t *testing.T) string {
 	t.Helper()
@@ -132,7 +111,7 @@ func TestTPMDevice_SealUnseal(t *testing.T) {
 			}
 			secret := randomSecret(t, tt.size)
 			aad := hsm.SealAAD("cluster-1", "node-1")
-			b := mustSeal(t, d, secret, aad)
+			b := hsmtest.MustSeal(t, d, secret, aad)
 			if got, exp := b.Kind, Kind; got != exp {
 				t.Errorf("blob kind = %q, want %q", got, exp)
 			}
@@ -150,10 +129,10 @@ func TestTPMDevice_SealUnseal(t *testing.T) {
 			if len(tt.pcrs) > 0 && len(strings.Split(b.Meta[metaPCRValues], ",")) != len(tt.pcrs) {
 				t.Errorf("meta[%q] = %q, want one value per PCR", metaPCRValues, b.Meta[metaPCRValues])
 			}
-			mustUnseal(t, d, b, aad, secret)
+			hsmtest.MustUnseal(t, d, b, aad, secret)
 
 			// Fresh randomness: sealing the same secret twice differs.
-			b2 := mustSeal(t, d, secret, aad)
+			b2 := hsmtest.MustSeal(t, d, secret, aad)
 			if bytes.Equal(b.Data, b2.Data) {
 				t.Error("two seals of the same secret are identical")
 			}
@@ -180,16 +159,16 @@ func TestTPMDevice_Unseal_Refuses(t *testing.T) {
 	d := mustOpen(t, emu.Addr)
 	aad := hsm.SealAAD("cluster-1", "node-1")
 	secret := randomSecret(t, 32)
-	b := mustSeal(t, d, secret, aad)
+	b := hsmtest.MustSeal(t, d, secret, aad)
 
 	// A PCR-bound blob, for the meta tests.
 	d.pcrs = []int{16}
-	bp := mustSeal(t, d, secret, aad)
+	bp := hsmtest.MustSeal(t, d, secret, aad)
 	d.pcrs = nil
 
 	// A blob sealed by another TPM (other seeds, other SRK).
 	other := mustOpen(t, softhsmtest.StartSWTPM(t).Addr)
-	bo := mustSeal(t, other, secret, aad)
+	bo := hsmtest.MustSeal(t, other, secret, aad)
 
 	with := func(b hsm.Blob, f func(*hsm.Blob)) hsm.Blob {
 		b.Data = bytes.Clone(b.Data)
@@ -219,8 +198,8 @@ func TestTPMDevice_Unseal_Refuses(t *testing.T) {
 		{Name: "pcr meta other pcr", Blob: with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "7" }), AAD: aad, WantErr: "PCR policy"},
 	})
 	// None of the refusals broke the device.
-	mustUnseal(t, d, b, aad, secret)
-	mustUnseal(t, d, bp, aad, secret)
+	hsmtest.MustUnseal(t, d, b, aad, secret)
+	hsmtest.MustUnseal(t, d, bp, aad, secret)
 }
 
 func TestTPMDevice_BlobSurvivesReopenAndRestart(t *testing.T) {
@@ -228,24 +207,24 @@ func TestTPMDevice_BlobSurvivesReopenAndRestart(t *testing.T) {
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(t, 32)
 	d := mustOpen(t, emu.Addr, 16)
-	b := mustSeal(t, d, secret, aad)
+	b := hsmtest.MustSeal(t, d, secret, aad)
 	d.Close()
 
 	t.Run("close and open", func(t *testing.T) {
 		d := mustOpen(t, emu.Addr, 16)
-		mustUnseal(t, d, b, aad, secret)
+		hsmtest.MustUnseal(t, d, b, aad, secret)
 		d.Close()
 	})
 	t.Run("swtpm restart", func(t *testing.T) {
 		emu.Restart(t)
 		d := mustOpen(t, emu.Addr, 16)
-		mustUnseal(t, d, b, aad, secret)
+		hsmtest.MustUnseal(t, d, b, aad, secret)
 	})
 	t.Run("swtpm restart while open", func(t *testing.T) {
 		// The connection is stale; the call reconnects and retries once.
 		d := mustOpen(t, emu.Addr, 16)
 		emu.Restart(t)
-		mustUnseal(t, d, b, aad, secret)
+		hsmtest.MustUnseal(t, d, b, aad, secret)
 		if err := d.Health(context.Background()); err != nil {
 			t.Fatalf("Health after reconnect: %v", err)
 		}
@@ -257,11 +236,11 @@ func TestTPMDevice_PCRPolicy(t *testing.T) {
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(t, 32)
 	d := mustOpen(t, emu.Addr, 16)
-	bound := mustSeal(t, d, secret, aad)
+	bound := hsmtest.MustSeal(t, d, secret, aad)
 	d.pcrs = []int{7, 16}
-	bound2 := mustSeal(t, d, secret, aad)
+	bound2 := hsmtest.MustSeal(t, d, secret, aad)
 	d.pcrs = nil
-	free := mustSeal(t, d, secret, aad)
+	free := hsmtest.MustSeal(t, d, secret, aad)
 	d.Close() // swtpm serves one client: release it for tpm2_pcrextend
 
 	emu.PCRExtend(t, 16, "a new boot loader")
@@ -297,15 +276,15 @@ func TestTPMDevice_PCRPolicy(t *testing.T) {
 		})
 	}
 	// A blob without a PCR policy is unaffected.
-	mustUnseal(t, d, free, aad, secret)
+	hsmtest.MustUnseal(t, d, free, aad, secret)
 	// Resealing binds to the new value.
-	mustUnseal(t, d, mustSeal(t, d, secret, aad), aad, secret)
+	hsmtest.MustUnseal(t, d, hsmtest.MustSeal(t, d, secret, aad), aad, secret)
 
 	// A restart resets the PCRs: the old blob opens again.
 	d.Close()
 	emu.Restart(t)
 	d = mustOpen(t, emu.Addr, 16)
-	mustUnseal(t, d, bound, aad, secret)
+	hsmtest.MustUnseal(t, d, bound, aad, secret)
 }
 
 func TestTPMDevice_Kill(t *testing.T) {
@@ -313,7 +292,7 @@ func TestTPMDevice_Kill(t *testing.T) {
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(t, 32)
 	d := mustOpen(t, emu.Addr)
-	b := mustSeal(t, d, secret, aad)
+	b := hsmtest.MustSeal(t, d, secret, aad)
 
 	emu.Kill()
 	ctx := context.Background()
@@ -345,7 +324,7 @@ func TestTPMDevice_Kill(t *testing.T) {
 	if err := d.Health(ctx); err != nil {
 		t.Fatalf("Health after Reopen: %v", err)
 	}
-	mustUnseal(t, d, b, aad, secret)
+	hsmtest.MustUnseal(t, d, b, aad, secret)
 
 	// Without Reopen: the next call after the restart reconnects by itself.
 	emu.Kill()
@@ -356,7 +335,7 @@ func TestTPMDevice_Kill(t *testing.T) {
 	if err := d.Health(ctx); err != nil {
 		t.Fatalf("Health after restart: %v", err)
 	}
-	mustUnseal(t, d, b, aad, secret)
+	hsmtest.MustUnseal(t, d, b, aad, secret)
 }
 
 func TestTPMOpen_Errors(t *testing.T) {
@@ -428,7 +407,7 @@ func TestConformance(t *testing.T) {
 func TestTPMDevice_Closed(t *testing.T) {
 	emu := softhsmtest.StartSWTPM(t)
 	d := mustOpen(t, emu.Addr)
-	b := mustSeal(t, d, []byte("root key"), nil)
+	b := hsmtest.MustSeal(t, d, []byte("root key"), nil)
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -436,7 +415,7 @@ func TestTPMDevice_Closed(t *testing.T) {
 		t.Errorf("Health after Close: %v, want ErrDeviceUnavailable (closed)", err)
 	}
 	d2 := mustOpen(t, emu.Addr)
-	mustUnseal(t, d2, b, nil, []byte("root key"))
+	hsmtest.MustUnseal(t, d2, b, nil, []byte("root key"))
 }
 
 // TestTPMDevice_Context: cancelled in the middle of an operation, the call
@@ -446,7 +425,7 @@ func TestTPMDevice_Closed(t *testing.T) {
 func TestTPMDevice_Context(t *testing.T) {
 	emu := softhsmtest.StartSWTPM(t)
 	d := mustOpen(t, emu.Addr)
-	b := mustSeal(t, d, []byte("root key"), nil)
+	b := hsmtest.MustSeal(t, d, []byte("root key"), nil)
 	for n := 1; n <= 8; n++ {
 		ctx, cancel := context.WithCancel(context.Background())
 		sent := 0
@@ -466,10 +445,10 @@ func TestTPMDevice_Context(t *testing.T) {
 			t.Errorf("cancelled after command %d: %v, want context.Canceled", n, err)
 		}
 	}
-	mustUnseal(t, d, b, nil, []byte("root key"))
+	hsmtest.MustUnseal(t, d, b, nil, []byte("root key"))
 	// Nothing leaked: swtpm has three object slots; many loads still work.
 	for range 5 {
-		mustUnseal(t, d, b, nil, []byte("root key"))
+		hsmtest.MustUnseal(t, d, b, nil, []byte("root key"))
 	}
 }
 
@@ -492,7 +471,7 @@ func TestTPMDevice_FlushesLeftoversOfCrashedClient(t *testing.T) {
 	c.close()
 
 	d := mustOpen(t, emu.Addr, 16)
-	mustUnseal(t, d, mustSeal(t, d, []byte("root key"), nil), nil, []byte("root key"))
+	hsmtest.MustUnseal(t, d, hsmtest.MustSeal(t, d, []byte("root key"), nil), nil, []byte("root key"))
 }
 
 func (d *Device) setTap(f func(cmd, rsp []byte)) {
@@ -538,8 +517,8 @@ func TestTPMDevice_EncryptedSessions(t *testing.T) {
 				defer mu.Unlock()
 				wire = append(wire, exchange{bytes.Clone(cmd), bytes.Clone(rsp)})
 			})
-			b := mustSeal(t, d, secret, nil)
-			mustUnseal(t, d, b, nil, secret)
+			b := hsmtest.MustSeal(t, d, secret, nil)
+			hsmtest.MustUnseal(t, d, b, nil, secret)
 			d.setTap(nil)
 
 			seen := map[tpm2.TPMCC]int{}
@@ -667,7 +646,7 @@ func benchmarkUnseal(b *testing.B, pcrs ...int) {
 	d := mustOpen(b, emu.Addr, pcrs...)
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(b, 32)
-	blob := mustSeal(b, d, secret, aad)
+	blob := hsmtest.MustSeal(b, d, secret, aad)
 	ctx := context.Background()
 	for b.Loop() {
 		got, err := d.Unseal(ctx, blob, aad)
@@ -730,8 +709,8 @@ func TestTPMDevice_UnixSocket(t *testing.T) {
 
 	d := mustOpen(t, "unix:"+sock, 7)
 	secret := randomSecret(t, 32)
-	b := mustSeal(t, d, secret, nil)
-	mustUnseal(t, d, b, nil, secret)
+	b := hsmtest.MustSeal(t, d, secret, nil)
+	hsmtest.MustUnseal(t, d, b, nil, secret)
 
 	// The simulator restarts: the stale connection is replaced on the next call.
 	stop()
@@ -739,7 +718,7 @@ func TestTPMDevice_UnixSocket(t *testing.T) {
 		t.Fatalf("Health with swtpm gone: %v", err)
 	}
 	stop = start()
-	mustUnseal(t, d, b, nil, secret)
+	hsmtest.MustUnseal(t, d, b, nil, secret)
 }
 
 func TestTPMOpen_BusySimulator(t *testing.T) {
