@@ -274,3 +274,19 @@ func TestManager_UnsealNonce(t *testing.T) {
 		t.Fatal("the first share after a reset did not change the nonce")
 	}
 }
+
+// After an operator's seal, the auto-unseal retry leaves the node sealed
+// (until shares or a restart unseal it); a restart's AutoUnseal opens it.
+func TestManager_RetryAutoUnsealRespectsOperatorSeal(t *testing.T) {
+	m := newTestManager(t, true)
+	m.mustInit(t, 1, 1)
+	m.Seal(0)
+	m.RetryAutoUnseal()
+	if st := m.status(); !st.Sealed || !strings.Contains(st.SealedReason, "sealed by an operator") {
+		t.Fatalf("the retry unsealed a node an operator sealed: %+v", st)
+	}
+	m.AutoUnseal(context.Background())
+	if st := m.status(); st.Sealed {
+		t.Fatalf("AutoUnseal (as at a restart) failed: %s", st.SealedReason)
+	}
+}
