@@ -96,7 +96,8 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("Context", func(t *testing.T) { testContext(t, cfg) })
 }
 
-func randomBytes(t *testing.T, n int) []byte {
+// RandomBytes returns n random bytes or fails the test.
+func RandomBytes(t testing.TB, n int) []byte {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -139,8 +140,8 @@ func testRoundTrip(t *testing.T, cfg Config) {
 		name        string
 		secret, aad []byte
 	}{
-		{"root key", randomBytes(t, 32), hsm.SealAAD("cluster-1", "node1")},
-		{"no aad", randomBytes(t, 32), nil},
+		{"root key", RandomBytes(t, 32), hsm.SealAAD("cluster-1", "node1")},
+		{"no aad", RandomBytes(t, 32), nil},
 		{"one byte", []byte{7}, []byte("a")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -170,7 +171,7 @@ func testRoundTrip(t *testing.T, cfg Config) {
 func testRefuses(t *testing.T, cfg Config) {
 	d := cfg.Open(t)
 	defer d.Close()
-	secret, aad := randomBytes(t, 32), hsm.SealAAD("cluster-1", "node1")
+	secret, aad := RandomBytes(t, 32), hsm.SealAAD("cluster-1", "node1")
 	b := MustSeal(t, d, secret, aad)
 	with := func(f func(*hsm.Blob)) hsm.Blob {
 		c := b

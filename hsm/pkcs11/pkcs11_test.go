@@ -3,7 +3,6 @@ package pkcs11
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log"
@@ -77,14 +76,7 @@ func mustOpen(t testing.TB, cfg Config) *Device {
 	return d
 }
 
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var randomBytes = hsmtest.RandomBytes
 
 // withSession runs f on a session of d's, as the package itself would.
 func withSession(t testing.TB, d *Device, f func(s p11.SessionHandle)) {

@@ -3,7 +3,6 @@ package tpm
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -63,14 +62,7 @@ func mustOpen(t testing.TB, addr string, pcrs ...int) *Device {
 	return d
 }
 
-func randomSecret(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var randomSecret = hsmtest.RandomBytes
 
 // closedAddr is a TCP address on which nothing listens.
 func closedAddr(t *testing.T) string {
