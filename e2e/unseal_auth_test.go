@@ -3,10 +3,12 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/audit"
 )
 
 // TestE2E_UnsealAuthorization: POST /v1/sys/unseal (shares and reset) is
@@ -73,6 +75,27 @@ func TestE2E_UnsealAuthorization(t *testing.T) {
 		t.Fatalf("admin's shares did not unseal: %+v", st)
 	}
 	d.stop()
+	// The refusals are audited as denied unseal requests of uid 65534, and
+	// no share reaches the log.
+	_, es := readAudit(t, filepath.Join(d.dir, "data", "audit.log"))
+	denied := 0
+	for _, e := range es {
+		if e.Operation == "unseal" && e.Outcome == audit.OutcomeDenied && e.Caller != nil && e.Caller.UID == nobody && e.ErrorCode == api.CodePermissionDenied {
+			denied++
+		}
+	}
+	if denied != 3 {
+		t.Errorf("%d denied unseal entries for uid %d in the audit log, want 3", denied, nobody)
+	}
+	logData, err := os.ReadFile(filepath.Join(d.dir, "data", "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, sh := range ir.Shares {
+		if strings.Contains(string(logData), sh) {
+			t.Errorf("share %d is in the audit log", i+1)
+		}
+	}
 
 	// unseal { groups = ["nogroup"] }: uid 65534 is a member and may
 	// reset and enter shares; it still may not administer.
