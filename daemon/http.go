@@ -226,7 +226,7 @@ func (s *Server) dispatch(rc *reqCtx) int {
 	case accessUnseal:
 		// Shares and reset: a local user must not be able to reset or
 		// poison an operator's unseal.
-		if !s.isAdmin(rc.caller) && !s.unsealers.IsAdmin(rc.caller) {
+		if !s.isAdmin(rc.caller) && !s.unsealers.Includes(rc.caller) {
 			return s.fail(rc, unsealDenied(rc.caller))
 		}
 	case accessKey, accessAuthed:

@@ -1,9 +1,11 @@
 package auth
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/config"
 )
 
 // The operation mask is derived from api.Operations: every operation has
@@ -27,5 +29,24 @@ func TestOpIndex_MatchesOperations(t *testing.T) {
 		if i := opIndex(op); i != -1 {
 			t.Errorf("opIndex(%q) = %d, want -1", op, i)
 		}
+	}
+}
+
+// NewUnsealers resolves unseal.groups like admin.groups: members are
+// included, others not, and a group missing on the host is an error that
+// names the unseal block.
+func TestNewUnsealers(t *testing.T) {
+	u, err := NewUnsealers(config.UnsealConfig{Groups: []string{"root"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !u.Includes(&Caller{UID: 1000, Groups: []uint32{0}}) {
+		t.Error("a member of the unseal group is not included")
+	}
+	if u.Includes(&Caller{UID: 1000, GID: 1000, Groups: []uint32{1000}}) || u.Includes(nil) {
+		t.Error("a caller outside the unseal group is included")
+	}
+	if _, err := NewUnsealers(config.UnsealConfig{Groups: []string{"no-such-group-coffer"}}); err == nil || !strings.Contains(err.Error(), "unseal.groups") {
+		t.Errorf("missing group: %v, want an error naming unseal.groups", err)
 	}
 }

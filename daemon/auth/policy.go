@@ -308,7 +308,12 @@ func (a *Admins) addGroups(groups []string, what string) error {
 
 // IsAdmin reports whether c may administer: uid 0, a listed uid, or a member
 // (primary or supplementary) of a listed group.
-func (a *Admins) IsAdmin(c *Caller) bool {
+func (a *Admins) IsAdmin(c *Caller) bool { return a.Includes(c) }
+
+// Includes reports whether c is uid 0, a listed uid, or a member (primary
+// or supplementary) of a listed group: for a set from NewUnsealers, whether
+// c may submit unseal shares.
+func (a *Admins) Includes(c *Caller) bool {
 	if c == nil {
 		return false
 	}
