@@ -1,5 +1,5 @@
 // Package api holds the JSON request and response types of the Coffer HTTP
-// API (spec/API.md) and its error codes. Both the daemon and the CLI import
+// API (docs/api.md) and its error codes. Both the daemon and the CLI import
 // it, so the wire format is defined in exactly one place.
 //
 // Binary fields ([]byte) travel as standard base64 with padding, which is what
@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Error codes (spec/API.md, "Conventions").
+// Error codes (docs/api.md, "Conventions").
 const (
 	CodeBadRequest         = "bad_request"
 	CodeInvalidShare       = "invalid_share"
@@ -27,13 +27,12 @@ const (
 	CodeNoLeader           = "no_leader"
 	CodeInternal           = "internal"
 	// CodeAuditUnavailable (503): the node cannot write its audit log (disk
-	// full, permission, I/O error) and refuses what it cannot record. Not
-	// in spec/API.md's table, which predates the audit log: see
+	// full, permission, I/O error) and refuses what it cannot record: see
 	// docs/audit.md.
 	CodeAuditUnavailable = "audit_unavailable"
 )
 
-// Limits (spec/API.md, "Conventions").
+// Limits (docs/api.md, "Conventions").
 const (
 	MaxPlaintext   = 64 << 10
 	MaxBody        = 4 << 20
@@ -76,7 +75,7 @@ const (
 	OpDelete  = "delete"
 )
 
-// Operations lists every policy operation, in the order of spec/API.md.
+// Operations lists every policy operation, in the order of docs/api.md.
 var Operations = []string{OpWrap, OpUnwrap, OpRewrap, OpDatakey, OpRead, OpCreate, OpRotate, OpUpdate, OpDelete}
 
 // ValidName reports whether s is a valid key or policy name:
@@ -147,8 +146,12 @@ type Status struct {
 	IsLeader     bool   `json:"is_leader"`
 	Version      string `json:"version"`
 	SealedReason string `json:"sealed_reason"`
-	AuditSeq     uint64 `json:"audit_seq"`
-	AuditHash    string `json:"audit_hash"`
+	// UnsealNonce changes whenever an unseal attempt starts (its first
+	// share) or is reset: a client entering shares sees that the progress
+	// it counts on is no longer its own.
+	UnsealNonce string `json:"unseal_nonce"`
+	AuditSeq    uint64 `json:"audit_seq"`
+	AuditHash   string `json:"audit_hash"`
 	// AuditError is set while the node cannot write its audit log and so
 	// refuses every audited request: what failed and what to do. Empty when
 	// the log is writable.

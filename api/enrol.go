@@ -3,7 +3,7 @@ package api
 import "time"
 
 // CodeInvalidToken (400): an enrolment token that is wrong, expired, used,
-// revoked or another node's (spec/API.md).
+// revoked or another node's (docs/api.md).
 const CodeInvalidToken = "invalid_token"
 
 // EnrolTokenRequest is the body of POST /v1/sys/enrol/tokens.

@@ -29,7 +29,7 @@ const (
 	EnvFormat = "COFFER_FORMAT"
 )
 
-// Exit statuses (spec/CLI.md).
+// Exit statuses (docs/cli.md).
 const (
 	ExitOK    = 0
 	ExitError = 1
@@ -225,7 +225,7 @@ func groupAction(c *ucli.Context) error {
 
 // normalizeArgs reorders the command line so urfave/cli v2 parses what
 // users type. Like package flag, urfave stops at the first positional
-// argument and takes app-level flags only before the command; spec/CLI.md
+// argument and takes app-level flags only before the command; docs/cli.md
 // allows --socket and --format anywhere and flags after arguments are
 // common ("coffer key show NAME --format json"). So global flags move to the
 // front, the command path follows, then the command's own flags, then its

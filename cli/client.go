@@ -25,7 +25,7 @@ const DefaultSocket = "/run/coffer/coffer.sock"
 // this only stops a runaway peer from exhausting memory.
 const maxResponse = 4 * api.MaxBody
 
-// Client talks to cofferd over its unix socket (spec/API.md). It is safe for
+// Client talks to cofferd over its unix socket (docs/api.md). It is safe for
 // concurrent use; connections are kept alive and reused.
 //
 // Every method returns a *api.Error when cofferd answers with a non-2xx
@@ -261,7 +261,7 @@ func readAllSecret(r io.Reader, sizeHint, limit int64) ([]byte, error) {
 	}
 }
 
-// Paths of the API (spec/API.md). Names are path-escaped so that a bad
+// Paths of the API (docs/api.md). Names are path-escaped so that a bad
 // name is refused by cofferd with bad_request rather than routed elsewhere.
 const (
 	pathStatus   = "/v1/sys/status"

@@ -11,7 +11,7 @@ import (
 	"github.com/coffer-kms/coffer/api"
 )
 
-// enrolCommand: one-time enrolment tokens (spec/CLI.md). Using a token to
+// enrolCommand: one-time enrolment tokens (docs/cli.md). Using a token to
 // unseal a node with its device (`coffer operator enrol [TOKEN|-]`) comes
 // with node enrolment (issue 14); here the token admits a node id to join.
 func (e *env) enrolCommand() *ucli.Command {

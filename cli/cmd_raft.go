@@ -10,15 +10,9 @@ import (
 	"strings"
 
 	ucli "github.com/urfave/cli/v2"
-)
 
-// raftPeer is one entry of GET /v1/sys/raft/peers.
-type raftPeer struct {
-	ID      string `json:"id"`
-	Address string `json:"address"`
-	Voter   bool   `json:"voter"`
-	Leader  bool   `json:"leader"`
-}
+	"github.com/coffer-kms/coffer/api"
+)
 
 func (e *env) raftCommand() *ucli.Command {
 	return group(&ucli.Command{
@@ -78,11 +72,7 @@ func (e *env) raftJoinCommand() *ucli.Command {
 				return usagef("--token -: stdin was empty; pipe the token printed by 'coffer operator enrol token create'")
 			}
 		}
-		body := map[string]string{"leader_address": addr}
-		if token != "" {
-			body["token"] = token
-		}
-		return x.request(http.MethodPost, "/v1/sys/raft/join", body, nil, func() error {
+		return x.request(http.MethodPost, "/v1/sys/raft/join", api.JoinRequest{LeaderAddress: addr, Token: token}, nil, func() error {
 			_, err := fmt.Fprintf(x.stdout, "Joined the cluster via %s. Unseal this node (coffer operator unseal) unless its device does it.\n", addr)
 			return err
 		})
@@ -96,9 +86,7 @@ func (e *env) raftListPeersCommand() *ucli.Command {
 		UsageText:   "coffer operator raft list-peers",
 		Description: "Prints each member's node id, cluster address, whether it votes and which one leads.",
 	}, "coffer operator raft list-peers", 0, 0, func(x *cmd) error {
-		var out struct {
-			Peers []raftPeer `json:"peers"`
-		}
+		var out api.PeerList
 		return x.request(http.MethodGet, "/v1/sys/raft/peers", nil, &out, func() error {
 			t := newTable(x.stdout)
 			t.row("NODE", "ADDRESS", "VOTER", "STATE")

@@ -49,13 +49,8 @@ coffer operator rekey --shares 3 --threshold 2 < current-shares.txt`, 0, 0, func
 		if err != nil {
 			return err
 		}
-		req := struct {
-			CurrentShares []string `json:"current_shares"`
-			Shares        int      `json:"shares"`
-			Threshold     int      `json:"threshold"`
-			Recipients    []string `json:"recipients,omitempty"`
-		}{current, n, t, recipients}
-		var out api.InitResponse
+		req := api.RekeyRequest{CurrentShares: current, Shares: n, Threshold: t, Recipients: recipients}
+		var out api.RekeyResponse
 		return x.request(http.MethodPost, "/v1/sys/rekey", req, &out, func() error {
 			fmt.Fprintln(x.stdout, "Rekeyed: the old shares no longer unseal any node.")
 			return printInit(x, &out, api.InitRequest{Shares: n, Threshold: t, Recipients: recipients})

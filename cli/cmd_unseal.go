@@ -191,10 +191,23 @@ func (x *cmd) submit(o *unsealOutcome, share []byte) error {
 	if err != nil {
 		return err
 	}
+	if prev := o.st; o.n > 0 && attemptReset(prev, st) {
+		fmt.Fprintf(x.stderr, "coffer: warning: the unseal progress was reset since your previous share (someone reset the unseal, or sealed or restarted the node): the shares entered before it no longer count; unseal progress now %d/%d\n", st.Progress, st.Threshold)
+	}
 	o.n++
 	o.st, o.raw = st, raw
 	printProgress(x.progressOut(), st)
 	return nil
+}
+
+// attemptReset reports whether the unseal attempt that prev (the answer to
+// this command's previous share) was part of has been reset by the time of
+// cur: the node is still sealed and its unseal_nonce changed, which cofferd
+// does when an attempt is reset or a new one starts. A cofferd that sends no
+// nonce never triggers it.
+func attemptReset(prev, cur *api.Status) bool {
+	return prev != nil && prev.Sealed && prev.Progress > 0 && cur.Sealed &&
+		prev.UnsealNonce != "" && cur.UnsealNonce != prev.UnsealNonce
 }
 
 // submitSeq submits the shares next returns (io.EOF ends them) until the

@@ -1,5 +1,5 @@
 // Package cli is the coffer command: the client of cofferd's unix-socket
-// HTTP/JSON API (spec/API.md), with the commands of spec/CLI.md.
+// HTTP/JSON API (docs/api.md), with the commands of docs/cli.md.
 //
 // [Main] runs one command line and returns its exit status, so that
 // cmd/coffer stays a one-liner and tests drive the whole command in process.
@@ -22,7 +22,7 @@
 //     without bufio. Zeroing is best effort: strings (the shares of an init
 //     answer, decrypted age shares) and encoding/json's internal buffers
 //     cannot be cleared.
-//   - Shares are never flags; an argument is accepted (spec/CLI.md) with a
+//   - Shares are never flags; an argument is accepted (docs/cli.md) with a
 //     warning. The hidden prompt is implemented on termios directly because
 //     term.ReadPassword spins on Ctrl-D and cannot be interrupted.
 //   - The CLI imports none of the daemon, keystore (but keystore/shamir, for

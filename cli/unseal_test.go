@@ -25,10 +25,22 @@ type fakeSeal struct {
 	threshold   int
 	progress    int
 	shares      []string // every share received, in order
+	// nonce is the unseal nonce ("" : an old cofferd that sends none);
+	// othersResetAt simulates another client's reset just before the
+	// share with this (1-based) number arrives.
+	nonce         string
+	othersResetAt int
 }
 
 func (s *fakeSeal) status() api.Status {
-	return api.Status{Initialized: s.initialized, Sealed: s.sealed, SealType: "shamir", Threshold: s.threshold, Shares: 5, Progress: s.progress}
+	return api.Status{Initialized: s.initialized, Sealed: s.sealed, SealType: "shamir", Threshold: s.threshold, Shares: 5, Progress: s.progress, UnsealNonce: s.nonce}
+}
+
+// newNonce changes the nonce as cofferd does on a reset or a first share.
+func (s *fakeSeal) newNonce() {
+	if s.nonce != "" {
+		s.nonce += "'"
+	}
 }
 
 func installSeal(f *fakeDaemon, s *fakeSeal) {
@@ -47,9 +59,14 @@ func installSeal(f *fakeDaemon, s *fakeSeal) {
 			writeJSON(w, 400, apiErr(api.CodeBadRequest, err.Error()))
 			return
 		}
+		if s.othersResetAt > 0 && len(s.shares)+1 == s.othersResetAt && !req.Reset {
+			s.progress = 0
+			s.newNonce()
+		}
 		switch {
 		case req.Reset:
 			s.progress = 0
+			s.newNonce()
 		case !s.sealed:
 		case strings.HasPrefix(req.Share, "bad"):
 			s.shares = append(s.shares, req.Share)
@@ -57,6 +74,9 @@ func installSeal(f *fakeDaemon, s *fakeSeal) {
 			return
 		default:
 			s.shares = append(s.shares, req.Share)
+			if s.progress == 0 {
+				s.newNonce()
+			}
 			s.progress++
 			if s.progress == s.threshold {
 				s.sealed, s.progress = false, 0
@@ -311,5 +331,39 @@ func TestLineReader(t *testing.T) {
 	lr = &lineReader{r: strings.NewReader(strings.Repeat("x", maxShareLine+1))}
 	if _, err := lr.nextShare(); err == nil || !strings.Contains(err.Error(), "longer than") {
 		t.Fatalf("over-long line: %v", err)
+	}
+}
+
+// The CLI warns when the unseal attempt its earlier shares belong to was
+// reset by someone else before its next share (the status's unseal_nonce
+// changed), and not otherwise.
+func TestUnseal_WarnsWhenAnotherClientReset(t *testing.T) {
+	const warning = "the unseal progress was reset since your previous share"
+	for _, tc := range []struct {
+		name          string
+		nonce         string
+		othersResetAt int
+		wantWarning   bool
+	}{
+		{"reset by another client", "n1", 2, true},
+		{"no reset", "n1", 0, false},
+		{"reset before the first share", "n1", 1, false},
+		{"old cofferd without a nonce", "", 2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake(t)
+			s := &fakeSeal{initialized: true, sealed: true, threshold: 3, nonce: tc.nonce, othersResetAt: tc.othersResetAt}
+			installSeal(f, s)
+			r := run(t, f, "s1\ns2\n", "operator", "unseal")
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			if got := strings.Contains(r.stderr, warning); got != tc.wantWarning {
+				t.Fatalf("warning shown = %v, want %v; stderr %q", got, tc.wantWarning, r.stderr)
+			}
+			if tc.wantWarning && !strings.Contains(r.stderr, "unseal progress now 1/3") {
+				t.Fatalf("the warning does not give the progress: %q", r.stderr)
+			}
+		})
 	}
 }

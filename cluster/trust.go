@@ -307,7 +307,7 @@ func (n *Node) joinAuth(ctx context.Context, p peerInfo, id, addr, token string)
 		}
 	}
 	if n.cfg.Trust == nil || !n.cfg.Trust.Initialized() {
-		return 0, nil // before init nothing is protected yet (spec/API.md)
+		return 0, nil // before init nothing is protected yet (docs/api.md)
 	}
 	if token == "" {
 		return http.StatusBadRequest, &tokenError{fmt.Sprintf("the cluster is initialised: node %s needs an enrolment token to join (an admin runs `coffer operator enrol token create --node %s`, then `coffer operator raft join ADDR --token -`)", id, id)}

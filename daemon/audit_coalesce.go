@@ -11,7 +11,7 @@ import (
 	"github.com/coffer-kms/coffer/daemon/auth"
 )
 
-// Audit coalescing (spec/API.md, "Audit log entries"): denied or malformed
+// Audit coalescing (docs/api.md, "Audit log entries"): denied or malformed
 // requests (a 4xx answer) from one caller beyond coalesceAfter in one
 // second do not get an entry each. They are counted, and once the second
 // is over one entry records them all: detail.count, the first and last

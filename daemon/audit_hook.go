@@ -87,7 +87,7 @@ func newAuditor(s *Server, cfg *config.Config, log hclog.Logger) (*auditor, erro
 	}
 	if cfg.Seal != nil {
 		g.deviceType = cfg.Seal.Type
-		g.deviceHealthy = func() bool { return s.seal != nil && s.seal.lastError() == "" }
+		g.deviceHealthy = func() bool { return s.seal.DeviceHealthy() }
 	}
 	a.m = newMetrics(g)
 	if err := w.Err(); err != nil {
@@ -185,7 +185,7 @@ func auditUnavailable(err error) api.ErrorDetail {
 		"and requests work again within a second of that"}
 }
 
-// unaudited reports whether a request is one that spec/API.md exempts from
+// unaudited reports whether a request is one that docs/api.md exempts from
 // the audit log.
 func unaudited(r *http.Request) bool {
 	if r.Method != http.MethodGet {
@@ -329,93 +329,28 @@ func auditCaller(c *auth.Caller) *audit.Caller {
 	return &audit.Caller{UID: c.UID, GID: c.GID, PID: c.PID, Unit: callerUnit(c)}
 }
 
-var sysOperations = map[string]bool{
-	"init": true, "unseal": true, "seal": true, "reseal": true, "rotate": true, "rekey": true,
-	"audit-hash": true, "status": true, "health": true, "metrics": true,
-}
-
-var keyActions = map[string]bool{"rotate": true, "restore": true, "wrap": true, "unwrap": true, "rewrap": true, "datakey": true}
-
 // operationFor names a request's operation (audit.RequestOperations) from
 // its method and path alone, so that it is known even for requests the
-// router refuses; anything else is "unknown", which keeps the metrics'
-// label set fixed.
+// router refuses: the audit operation of the route (http.go). A method the
+// endpoint does not have gets the endpoint's operation when all its methods
+// share one; anything else is "unknown", which keeps the metrics' label set
+// fixed.
 func operationFor(method, path string) string {
-	rest, ok := strings.CutPrefix(path, "/v1/")
-	if !ok {
+	routes, _ := match(path)
+	if routes == nil {
 		return "unknown"
 	}
-	first, rest, _ := strings.Cut(rest, "/")
-	switch first {
-	case "sys":
-		if r, ok := strings.CutPrefix(rest, "raft/"); ok {
-			switch {
-			case r == "peers":
-				return "raft-peers"
-			case r == "join":
-				return "raft-join"
-			case strings.HasPrefix(r, "peers/") && !strings.Contains(r[len("peers/"):], "/"):
-				return "raft-remove-peer"
-			case r == "snapshot" && method == http.MethodPost:
-				return "raft-snapshot-restore"
-			case r == "snapshot":
-				return "raft-snapshot-save"
-			}
-			return "unknown"
-		}
-		if r, ok := strings.CutPrefix(rest, "enrol/tokens"); ok {
-			switch {
-			case r == "" && method == http.MethodPost:
-				return "enrol-token-create"
-			case r == "":
-				return "enrol-token-list"
-			case strings.HasPrefix(r, "/") && len(r) > 1 && !strings.Contains(r[1:], "/"):
-				return "enrol-token-revoke"
-			}
-			return "unknown"
-		}
-		if sysOperations[rest] {
-			return rest
-		}
-	case "keys":
-		if rest == "" {
-			switch method {
-			case http.MethodGet:
-				return "list"
-			case http.MethodPost:
-				return "create"
-			}
-			return "unknown"
-		}
-		_, action, has := strings.Cut(rest, "/")
-		if !has {
-			switch method {
-			case http.MethodGet:
-				return api.OpRead
-			case http.MethodPatch:
-				return api.OpUpdate
-			case http.MethodDelete:
-				return api.OpDelete
-			}
-			return "unknown"
-		}
-		if keyActions[action] {
-			return action
-		}
-	case "policies":
-		if rest == "" {
-			return "policy-list"
-		}
-		switch method {
-		case http.MethodGet:
-			return "policy-read"
-		case http.MethodPut:
-			return "policy-write"
-		case http.MethodDelete:
-			return "policy-delete"
-		}
+	if rt, ok := routes[method]; ok {
+		return rt.audit
 	}
-	return "unknown"
+	op := ""
+	for _, rt := range routes {
+		if op != "" && rt.audit != op {
+			return "unknown"
+		}
+		op = rt.audit
+	}
+	return op
 }
 
 // ---- crypto request details ----

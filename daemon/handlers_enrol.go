@@ -11,18 +11,18 @@ import (
 	"github.com/coffer-kms/coffer/daemon/audit"
 )
 
-// Enrolment tokens (spec/API.md "Node enrolment"): an admin issues a
+// Enrolment tokens (docs/api.md "Node enrolment"): an admin issues a
 // one-time token for a node id; a node id that is not a member joins an
 // initialised cluster only with one (cluster/trust.go). The token is shown
 // once; the replicated state keeps only its hash (keystore/enrol.go).
 
 var enrolTokensRoutes = map[string]route{
-	"POST": {accessAdmin, "", (*Server).handleIssueEnrolToken},
-	"GET":  {accessAdmin, "", synced((*Server).handleListEnrolTokens)},
+	"POST": {accessAdmin, "", "enrol-token-create", (*Server).handleIssueEnrolToken},
+	"GET":  {accessAdmin, "", "enrol-token-list", synced((*Server).handleListEnrolTokens)},
 }
 
 var enrolTokenRoutes = map[string]route{
-	"DELETE": {accessAdmin, "", (*Server).handleRevokeEnrolToken},
+	"DELETE": {accessAdmin, "", "enrol-token-revoke", (*Server).handleRevokeEnrolToken},
 }
 
 // matchEnrol routes "enrol/tokens[/{id}]" below /v1/sys/.

@@ -13,16 +13,16 @@ import (
 
 // raftRoutes are the /v1/sys/raft/* endpoints. Join and peer listing work
 // on a sealed or uninitialised node: a node joins a cluster before it has
-// any state to unseal (spec/API.md's "everything else answers 503 sealed"
-// cannot hold for them; the issue notes say so).
+// any state to unseal (docs/api.md; docs/spec-changes.md says why
+// the shared spec's "everything else answers 503 sealed" cannot hold).
 var raftRoutes = map[string]map[string]route{
-	"peers":    {"GET": {accessAdminSealed, "", (*Server).handleListPeers}},
-	"join":     {"POST": {accessAdminSealed, "", (*Server).handleJoin}},
-	"snapshot": {"GET": {accessAdmin, "", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", (*Server).handleSnapshotRestore}},
+	"peers":    {"GET": {accessAdminSealed, "", "raft-peers", (*Server).handleListPeers}},
+	"join":     {"POST": {accessAdminSealed, "", "raft-join", (*Server).handleJoin}},
+	"snapshot": {"GET": {accessAdmin, "", "raft-snapshot-save", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", "raft-snapshot-restore", (*Server).handleSnapshotRestore}},
 }
 
 var raftPeerRoutes = map[string]route{
-	"DELETE": {accessAdminSealed, "", (*Server).handleRemovePeer},
+	"DELETE": {accessAdminSealed, "", "raft-remove-peer", (*Server).handleRemovePeer},
 }
 
 // matchRaft routes "raft/…" below /v1/sys/.
@@ -39,23 +39,16 @@ func (s *Server) handleListPeers(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	out := struct {
-		Peers []cluster.Peer `json:"peers"`
-	}{Peers: peers}
-	if out.Peers == nil {
-		out.Peers = []cluster.Peer{}
+	out := api.PeerList{Peers: make([]api.Peer, 0, len(peers))}
+	for _, p := range peers {
+		out.Peers = append(out.Peers, api.Peer{ID: p.ID, Address: p.Address, Voter: p.Voter, Leader: p.Leader})
 	}
 	writeJSON(rc.w, http.StatusOK, out)
 	return nil
 }
 
-type joinRequest struct {
-	LeaderAddress string `json:"leader_address"`
-	Token         string `json:"token,omitempty"`
-}
-
 func (s *Server) handleJoin(rc *reqCtx) error {
-	var req joinRequest
+	var req api.JoinRequest
 	if err := decode(rc, &req); err != nil {
 		return err
 	}
@@ -133,7 +126,7 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 		}
 		return err
 	}
-	s.resetProgress()
+	s.seal.Reset()
 	s.log.Warn("cluster state restored from a snapshot", "bytes", len(data), "uid", rc.caller.UID)
 	rc.w.WriteHeader(http.StatusNoContent)
 	return nil

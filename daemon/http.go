@@ -33,11 +33,15 @@ const (
 	accessAdminSealed               // admin, and works while sealed (init)
 	accessKey                       // a policy grants op on the key; needs unsealed
 	accessAuthed                    // any identified caller; needs unsealed (list keys: filtered)
+	accessUnseal                    // admin or unseal.groups member; works sealed
 )
 
 type route struct {
-	access  access
-	op      string // policy operation, for accessKey
+	access access
+	op     string // policy operation, for accessKey
+	// audit is the request's operation name in the audit log and metrics
+	// (audit.RequestOperations; TestRoutes_OperationsAgree checks both).
+	audit   string
 	handler func(s *Server, rc *reqCtx) error
 }
 
@@ -59,43 +63,43 @@ type reqCtx struct {
 
 var (
 	sysRoutes = map[string]map[string]route{
-		"status": {"GET": {accessOpen, "", (*Server).handleStatus}},
-		"health": {"GET": {accessOpen, "", (*Server).handleHealth}},
-		"init":   {"POST": {accessAdminSealed, "", (*Server).handleInit}},
-		"unseal": {"POST": {accessOpen, "", (*Server).handleUnseal}},
-		"seal":   {"POST": {accessAdmin, "", (*Server).handleSeal}},
-		"reseal": {"POST": {accessAdmin, "", (*Server).handleReseal}},
-		"rotate": {"POST": {accessAdmin, "", (*Server).handleRotate}},
-		"rekey":  {"POST": {accessAdmin, "", (*Server).handleRekey}},
+		"status": {"GET": {accessOpen, "", "status", (*Server).handleStatus}},
+		"health": {"GET": {accessOpen, "", "health", (*Server).handleHealth}},
+		"init":   {"POST": {accessAdminSealed, "", "init", (*Server).handleInit}},
+		"unseal": {"POST": {accessUnseal, "", "unseal", (*Server).handleUnseal}},
+		"seal":   {"POST": {accessAdmin, "", "seal", (*Server).handleSeal}},
+		"reseal": {"POST": {accessAdmin, "", "reseal", (*Server).handleReseal}},
+		"rotate": {"POST": {accessAdmin, "", "rotate", (*Server).handleRotate}},
+		"rekey":  {"POST": {accessAdmin, "", "rekey", (*Server).handleRekey}},
 		// metrics names callers (uid, unit) and their traffic: admins
 		// only; aggregate metrics are on the telemetry listener.
-		"metrics":    {"GET": {accessAdminSealed, "", (*Server).handleMetrics}},
-		"audit-hash": {"POST": {accessAdmin, "", (*Server).handleAuditHash}},
+		"metrics":    {"GET": {accessAdminSealed, "", "metrics", (*Server).handleMetrics}},
+		"audit-hash": {"POST": {accessAdmin, "", "audit-hash", (*Server).handleAuditHash}},
 	}
 	keysRoutes = map[string]route{
-		"GET":  {accessAuthed, "", synced((*Server).handleListKeys)},
-		"POST": {accessAuthed, api.OpCreate, (*Server).handleCreateKey}, // checked in the handler: the name is in the body
+		"GET":  {accessAuthed, "", "list", synced((*Server).handleListKeys)},
+		"POST": {accessAuthed, api.OpCreate, "create", (*Server).handleCreateKey}, // checked in the handler: the name is in the body
 	}
 	keyRoutes = map[string]route{
-		"GET":    {accessKey, api.OpRead, synced((*Server).handleGetKey)},
-		"PATCH":  {accessKey, api.OpUpdate, (*Server).handleUpdateKey},
-		"DELETE": {accessKey, api.OpDelete, (*Server).handleDeleteKey},
+		"GET":    {accessKey, api.OpRead, "read", synced((*Server).handleGetKey)},
+		"PATCH":  {accessKey, api.OpUpdate, "update", (*Server).handleUpdateKey},
+		"DELETE": {accessKey, api.OpDelete, "delete", (*Server).handleDeleteKey},
 	}
 	keyActionRoutes = map[string]map[string]route{
-		"rotate":  {"POST": {accessKey, api.OpRotate, (*Server).handleRotateKey}},
-		"restore": {"POST": {accessKey, api.OpDelete, (*Server).handleRestoreKey}},
-		"wrap":    {"POST": {accessKey, api.OpWrap, (*Server).handleWrap}},
-		"unwrap":  {"POST": {accessKey, api.OpUnwrap, (*Server).handleUnwrap}},
-		"rewrap":  {"POST": {accessKey, api.OpRewrap, (*Server).handleRewrap}},
-		"datakey": {"POST": {accessKey, api.OpDatakey, (*Server).handleDataKey}},
+		"rotate":  {"POST": {accessKey, api.OpRotate, "rotate", (*Server).handleRotateKey}},
+		"restore": {"POST": {accessKey, api.OpDelete, "restore", (*Server).handleRestoreKey}},
+		"wrap":    {"POST": {accessKey, api.OpWrap, "wrap", (*Server).handleWrap}},
+		"unwrap":  {"POST": {accessKey, api.OpUnwrap, "unwrap", (*Server).handleUnwrap}},
+		"rewrap":  {"POST": {accessKey, api.OpRewrap, "rewrap", (*Server).handleRewrap}},
+		"datakey": {"POST": {accessKey, api.OpDatakey, "datakey", (*Server).handleDataKey}},
 	}
 	policiesRoutes = map[string]route{
-		"GET": {accessAdmin, "", synced((*Server).handleListPolicies)},
+		"GET": {accessAdmin, "", "policy-list", synced((*Server).handleListPolicies)},
 	}
 	policyRoutes = map[string]route{
-		"GET":    {accessAdmin, "", synced((*Server).handleGetPolicy)},
-		"PUT":    {accessAdmin, "", (*Server).handlePutPolicy},
-		"DELETE": {accessAdmin, "", (*Server).handleDeletePolicy},
+		"GET":    {accessAdmin, "", "policy-read", synced((*Server).handleGetPolicy)},
+		"PUT":    {accessAdmin, "", "policy-write", (*Server).handlePutPolicy},
+		"DELETE": {accessAdmin, "", "policy-delete", (*Server).handleDeletePolicy},
 	}
 )
 
@@ -197,7 +201,7 @@ func (s *Server) dispatch(rc *reqCtx) int {
 	}
 	routes, name := match(r.URL.Path)
 	if routes == nil {
-		return s.fail(rc, &httpError{http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint %s: see the API reference (spec/API.md)", truncate(r.URL.Path))})
+		return s.fail(rc, &httpError{http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint %s: see the API reference (docs/api.md)", truncate(r.URL.Path))})
 	}
 	rt, ok := routes[r.Method]
 	if !ok {
@@ -220,6 +224,12 @@ func (s *Server) dispatch(rc *reqCtx) int {
 		}
 		if rt.access == accessAdmin && s.ks.Sealed() {
 			return s.fail(rc, keystore.ErrSealed)
+		}
+	case accessUnseal:
+		// Shares and reset: a local user must not be able to reset or
+		// poison an operator's unseal.
+		if !s.isAdmin(rc.caller) && !s.unsealers.Includes(rc.caller) {
+			return s.fail(rc, unsealDenied(rc.caller))
 		}
 	case accessKey, accessAuthed:
 		if rc.caller == nil {
@@ -288,6 +298,9 @@ func toAPIError(err error) (int, api.ErrorDetail, bool) {
 	var he *httpError
 	if errors.As(err, &he) {
 		return he.status, api.ErrorDetail{Code: he.code, Message: he.message}, true
+	}
+	if status, d, ok := sealAPIError(err); ok {
+		return status, d, true
 	}
 	msg := err.Error()
 	switch {

@@ -80,8 +80,10 @@ func TestServer_BodyLimitBeforeGrant(t *testing.T) {
 		status       int
 		code         string
 	}{
-		{"open endpoint, anyone", stranger, "POST", "/v1/sys/unseal", `{"reset":true}` + pad, 413, api.CodeTooLarge},
-		{"open endpoint, admin too", nil, "POST", "/v1/sys/unseal", `{"reset":true}` + pad, 413, api.CodeTooLarge},
+		// Unseal is for admins and unseal.groups only: anyone else is
+		// refused before the body is read.
+		{"unseal, anyone else", stranger, "POST", "/v1/sys/unseal", `{"reset":true}` + pad, 403, api.CodePermissionDenied},
+		{"unseal, admin: still the small limit", nil, "POST", "/v1/sys/unseal", `{"reset":true}` + pad, 413, api.CodeTooLarge},
 		{"create: name in the body, not yet granted", granted, "POST", "/v1/keys", `{"name":"x"}` + pad, 413, api.CodeTooLarge},
 		{"denied caller: refused before its body is read", stranger, "POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}` + pad, 403, api.CodePermissionDenied},
 		{"granted caller: the full limit", granted, "POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}` + pad, 200, ""},

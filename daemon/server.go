@@ -1,5 +1,5 @@
 // Package daemon is cofferd's process: the sealed ⇄ unsealed lifecycle, the
-// HTTP/JSON API on the unix socket (spec/API.md), caller identity and
+// HTTP/JSON API on the unix socket (docs/api.md), caller identity and
 // authorisation, the seal device and the key scheduler. It wires together
 // keystore (state), cluster (raft) and hsm (devices); the config, identity
 // and platform pieces live in the subpackages daemon/config, daemon/auth and
@@ -10,13 +10,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,7 +29,7 @@ import (
 	"github.com/coffer-kms/coffer/daemon/auth"
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/daemon/platform"
-	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/daemon/seal"
 	"github.com/coffer-kms/coffer/keystore"
 )
 
@@ -69,27 +67,15 @@ type Server struct {
 	node *cluster.Node
 	// auditReady: s.audit is set (cluster events may arrive before).
 	auditReady atomic.Bool
-	seal       *sealDevice // nil: Shamir only
+	seal       *seal.Manager // the seal lifecycle (daemon/seal)
 
-	admins   *auth.Admins
-	policies atomic.Pointer[auth.PolicySet]
+	admins *auth.Admins
+	// unsealers are the unseal.groups members: they may submit unseal
+	// shares (as admins may).
+	unsealers *auth.Admins
+	policies  atomic.Pointer[auth.PolicySet]
 
 	audit *auditor // audit log, metrics, alert rules (audit_hook.go)
-
-	// initMu serialises Initialize, so that two inits never race on the
-	// node's seal blob.
-	initMu sync.Mutex
-
-	// unseal progress: parsed shares collected so far (zeroed on reset).
-	unsealMu     sync.Mutex
-	shares       [][]byte
-	sealedReason atomic.Pointer[string]
-
-	// manualSeal is set by `coffer operator seal`, so that the auto-unseal
-	// loop leaves the node sealed until shares (or a restart) unseal it.
-	manualSeal atomic.Bool
-	// unsealTried is the keyring version auto-unseal last tried (0: never).
-	unsealTried atomic.Uint64
 
 	reqPrefix string
 	reqSeq    atomic.Uint64
@@ -107,11 +93,6 @@ type Server struct {
 	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
 	closeOnce      sync.Once
-
-	// blobMu serialises reading the root key and writing the seal blob
-	// (reseal, and the reseal after a rekey), so that a slow device seal of
-	// an older root key never overwrites the blob of a newer one.
-	blobMu sync.Mutex
 
 	// nonceMu guards nonce, the persisted and reported encryption counts
 	// (nonce.go).
@@ -136,6 +117,10 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	unsealers, err := auth.NewUnsealers(cfg.Unseal)
+	if err != nil {
+		return nil, err
+	}
 	pfx := make([]byte, 4)
 	rand.Read(pfx)
 	s := &Server{
@@ -143,6 +128,7 @@ func New(opts Options) (*Server, error) {
 		log:           log,
 		version:       opts.Version,
 		admins:        admins,
+		unsealers:     unsealers,
 		reqPrefix:     hex.EncodeToString(pfx),
 		schedInterval: opts.SchedulerInterval,
 		stop:          make(chan struct{}),
@@ -163,7 +149,6 @@ func New(opts Options) (*Server, error) {
 		s.deviceInterval = 10 * time.Second
 	}
 	s.policies.Store(auth.NewPolicySet(nil))
-	s.setSealedReason("")
 
 	prop := &proposer{}
 	s.ks = keystore.New(keystore.Config{
@@ -172,7 +157,7 @@ func New(opts Options) (*Server, error) {
 		OnPolicies: func(m map[string]api.Policy) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
-		OnRootChange: s.resealAfterRekey,
+		OnRootChange: func() { s.seal.ResealAfterRekey() },
 		// The members at init become the member allow list.
 		InitialMembers: func() []string {
 			peers, err := s.node.Peers()
@@ -233,15 +218,17 @@ func New(opts Options) (*Server, error) {
 	s.node.OnLeaderChange(func(id string) {
 		s.auditEvent(&audit.Entry{Operation: "leadership", Detail: map[string]string{"leader_id": id, "is_leader": strconv.FormatBool(id == cfg.NodeID)}})
 	})
-	s.seal = newSealDevice(cfg, log)
-	if s.seal != nil {
-		if _, err := s.seal.get(ctx); err != nil {
-			// Not fatal: shares can still unseal the node, and reseal
-			// retries the device.
-			log.Error("cannot open the seal device; the node will wait for unseal shares", "seal-type", s.seal.kind, "error", err)
-		}
-	}
-	s.autoUnseal(ctx)
+	s.seal = seal.New(seal.Config{
+		Keystore: s.ks,
+		Node:     cfg,
+		Logger:   log,
+		Event: func(op string, detail map[string]string) {
+			s.auditEvent(&audit.Entry{Operation: op, Detail: detail})
+		},
+		Go: s.goBackground,
+	})
+	s.seal.Open(ctx)
+	s.seal.AutoUnseal(ctx)
 	return s, nil
 }
 
@@ -252,181 +239,23 @@ func (p *proposer) Propose(ctx context.Context, cmd []byte) (any, error) {
 	return p.node.Propose(ctx, cmd)
 }
 
-// ---- sealed reason / status ----
-
-func (s *Server) setSealedReason(r string) { s.sealedReason.Store(&r) }
+// ---- status ----
 
 func (s *Server) status() api.Status {
 	st := api.Status{
 		Initialized: s.ks.Initialized(),
 		Sealed:      s.ks.Sealed(),
-		SealType:    "shamir",
 		NodeID:      s.cfg.NodeID,
 		LeaderID:    s.node.LeaderID(),
 		IsLeader:    s.node.IsLeader(),
 		Version:     s.version,
 	}
-	if s.seal != nil {
-		st.SealType = s.seal.kind
-		st.SealDeviceError = s.seal.lastError()
-	}
 	if sc := s.ks.SealConfig(); sc != nil {
 		st.ClusterID, st.Shares, st.Threshold = sc.ClusterID, sc.Shares, sc.Threshold
 	}
-	s.unsealMu.Lock()
-	st.Progress = len(s.shares)
-	s.unsealMu.Unlock()
-	if st.Sealed {
-		switch r := *s.sealedReason.Load(); {
-		case r != "":
-			st.SealedReason = r
-		case !st.Initialized:
-			st.SealedReason = "not initialised: run `coffer operator init`"
-		default:
-			st.SealedReason = fmt.Sprintf("waiting for unseal shares: %d of %d entered; run `coffer operator unseal`", st.Progress, st.Threshold)
-		}
-	}
+	s.seal.Status(&st)
 	s.auditStatus(&st)
 	return st
-}
-
-// ---- device seal blob (node-local, never replicated) ----
-
-func (s *Server) blobPath() string { return filepath.Join(s.cfg.DataDir, "seal-blob.json") }
-
-type blobFile struct {
-	ClusterID string   `json:"cluster_id"`
-	NodeID    string   `json:"node_id"`
-	Blob      hsm.Blob `json:"blob"`
-}
-
-// sealWithDevice wraps root with this node's device and stores the blob.
-func (s *Server) sealWithDevice(ctx context.Context, clusterID string, root []byte) error {
-	return s.sealWithDeviceTo(ctx, s.blobPath(), clusterID, root)
-}
-
-// sealWithDeviceTo is sealWithDevice writing the blob to path.
-func (s *Server) sealWithDeviceTo(ctx context.Context, path, clusterID string, root []byte) error {
-	dev, err := s.seal.get(ctx)
-	if err != nil {
-		return fmt.Errorf("opening the %s seal device: %w", s.seal.kind, err)
-	}
-	return s.sealWithTo(ctx, dev, path, clusterID, root)
-}
-
-// sealWith wraps root with dev and stores the blob, replacing the old one.
-func (s *Server) sealWith(ctx context.Context, dev hsm.Device, clusterID string, root []byte) error {
-	return s.sealWithTo(ctx, dev, s.blobPath(), clusterID, root)
-}
-
-func (s *Server) sealWithTo(ctx context.Context, dev hsm.Device, path, clusterID string, root []byte) error {
-	b, err := dev.Seal(ctx, root, hsm.SealAAD(clusterID, s.cfg.NodeID))
-	if err != nil {
-		return fmt.Errorf("sealing the root key with the %s device: %w", s.seal.kind, err)
-	}
-	data, err := json.Marshal(blobFile{ClusterID: clusterID, NodeID: s.cfg.NodeID, Blob: b})
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(path, data, 0o600)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
-// retryAutoUnseal retries auto-unseal when the replicated state changed: a
-// node that joined, or restarted behind the others, gets the keyring only
-// after it starts.
-func (s *Server) retryAutoUnseal() {
-	if s.manualSeal.Load() || !s.ks.Initialized() || !s.ks.Sealed() || s.ks.KeyringVersion() == s.unsealTried.Load() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s.autoUnseal(ctx)
-}
-
-// autoUnseal unseals the node with its device when it has one and a blob.
-func (s *Server) autoUnseal(ctx context.Context) {
-	sc := s.ks.SealConfig()
-	if sc == nil || !s.ks.Sealed() {
-		return
-	}
-	s.unsealTried.Store(s.ks.KeyringVersion())
-	if s.seal == nil {
-		s.setSealedReason("")
-		return
-	}
-	breakGlass := "; unseal with shares (`coffer operator unseal`), then run `coffer operator reseal` to enrol this node's device again"
-	data, err := os.ReadFile(s.blobPath())
-	if errors.Is(err, os.ErrNotExist) {
-		s.setSealedReason("this node's " + s.seal.kind + " device has not sealed the root key yet" + breakGlass)
-		s.log.Warn("no device-sealed root key on this node; waiting for shares", "seal-type", s.seal.kind)
-		return
-	}
-	var bf blobFile
-	if err == nil {
-		err = json.Unmarshal(data, &bf)
-	}
-	if err != nil {
-		s.setSealedReason("cannot read " + s.blobPath() + ": " + err.Error() + breakGlass)
-		s.log.Error("cannot read the device-sealed root key", "path", s.blobPath(), "error", err)
-		return
-	}
-	if bf.ClusterID != sc.ClusterID {
-		s.setSealedReason("the device-sealed root key on this node belongs to another cluster" + breakGlass)
-		s.log.Error("device-sealed root key is for another cluster", "blob-cluster-id", bf.ClusterID, "cluster-id", sc.ClusterID)
-		return
-	}
-	dev, err := s.seal.get(ctx)
-	if err != nil {
-		s.setSealedReason("the " + s.seal.kind + " seal device cannot be opened: " + err.Error() + breakGlass)
-		return
-	}
-	root, err := dev.Unseal(ctx, bf.Blob, hsm.SealAAD(sc.ClusterID, s.cfg.NodeID))
-	if err != nil {
-		s.setSealedReason("the " + s.seal.kind + " device could not unseal the root key: " + err.Error() + breakGlass)
-		s.log.Error("auto-unseal failed", "seal-type", s.seal.kind, "error", err)
-		return
-	}
-	err = s.ks.Unseal(root)
-	clear(root)
-	if err != nil {
-		s.setSealedReason("the root key from the " + s.seal.kind + " device does not open the keyring: " + err.Error() + breakGlass)
-		s.log.Error("auto-unseal: device root key does not open the keyring", "error", err)
-		return
-	}
-	s.setSealedReason("")
-	s.log.Info("auto-unsealed with the seal device", "seal-type", s.seal.kind)
-	s.auditEvent(&audit.Entry{Operation: "auto-unseal", Detail: map[string]string{"seal_type": s.seal.kind}})
 }
 
 // ---- serving ----
@@ -463,9 +292,9 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	s.every(s.schedInterval, s.runSchedule)
 	s.every(s.nonceInterval, s.nonceTick)
 	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
-	if s.seal != nil {
+	if s.seal.HasDevice() {
 		s.every(s.deviceInterval, s.checkDevice)
-		s.every(time.Second, s.retryAutoUnseal)
+		s.every(time.Second, s.seal.RetryAutoUnseal)
 	}
 	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
 	errc := make(chan error, 1)
@@ -500,11 +329,9 @@ func (s *Server) Close() error {
 		s.wg.Wait()
 		s.saveExactNonceCounts()
 		s.ks.Seal()
-		s.resetProgress()
+		s.seal.Reset()
 		err = s.node.Close()
-		if s.seal != nil {
-			s.seal.close()
-		}
+		s.seal.Close()
 		s.audit.close()
 	})
 	return err
@@ -538,7 +365,7 @@ func (s *Server) every(d time.Duration, fn func()) {
 func (s *Server) checkDevice() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s.seal.checkHealth(ctx)
+	s.seal.CheckDevice(ctx)
 }
 
 // runSchedule rotates keys whose rotation period passed and purges keys

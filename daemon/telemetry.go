@@ -17,7 +17,7 @@ import (
 	"github.com/coffer-kms/coffer/api"
 )
 
-// Metrics and status privacy (spec/API.md, "Caller identity and
+// Metrics and status privacy (docs/api.md, "Caller identity and
 // authorization"): the socket's GET /v1/sys/metrics names callers (the
 // uid and unit labels of coffer_denied_requests_total) and their traffic,
 // so it is for admins only; the optional telemetry listener serves the
@@ -123,7 +123,7 @@ func (s *Server) closeTelemetry() {
 	cancel()
 }
 
-// Generic status texts for non-admins (spec/API.md).
+// Generic status texts for non-admins (docs/api.md).
 const (
 	genericDeviceError = "seal device unavailable"
 	genericAuditError  = "audit log unavailable: every audited request is refused until an administrator fixes it"
@@ -140,9 +140,9 @@ func (s *Server) statusFor(rc *reqCtx) api.Status {
 	if s.isAdmin(rc.caller) {
 		return st
 	}
-	if raw := *s.sealedReason.Load(); raw != "" && st.SealedReason == raw {
+	if raw, byOperator := s.seal.SealedReason(); raw != "" && st.SealedReason == raw {
 		st.SealedReason = genericSealed
-		if s.manualSeal.Load() {
+		if byOperator {
 			st.SealedReason = genericOpSealed
 		}
 	}

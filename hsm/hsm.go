@@ -87,7 +87,35 @@ var (
 	// missing, unreachable, misconfigured or closed. The operation may
 	// succeed later, once the device is back.
 	ErrDeviceUnavailable = errors.New("the seal device is unavailable")
+
+	// ErrPINRefused means the device refused its PIN (wrong, invalid or
+	// locked). It comes wrapped together with [ErrDeviceUnavailable].
+	// Trying the same PIN again cannot help and costs one of the few wrong
+	// attempts a real HSM allows before it locks the PIN: the caller waits
+	// for an operator (who may fix the PIN) before it opens the device again.
+	ErrPINRefused = errors.New("the seal device refused the PIN")
 )
+
+// Reopener is the optional capability of devices that can drop their
+// connection and find the device again (a replaced token, a restarted TPM)
+// without being closed and opened anew. After a successful Reopen the
+// device is usable as if just opened; a failed Reopen leaves it unusable
+// until the next Reopen. It is safe for concurrent use with the other
+// methods.
+type Reopener interface {
+	Reopen(ctx context.Context) error
+}
+
+// SettingError is a device configuration error found by a device's
+// Validate (before the device is touched): Setting names the config
+// attribute at fault ("" for the block as a whole), so that the config
+// loader can point at its line; Error is the whole message.
+type SettingError struct {
+	Setting string
+	Msg     string
+}
+
+func (e *SettingError) Error() string { return e.Msg }
 
 // sealAADLabel versions the AAD layout; a future layout must use a new label.
 const sealAADLabel = "coffer-device-seal-v1"

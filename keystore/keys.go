@@ -205,11 +205,12 @@ func (ks *Keystore) update(ctx context.Context, name string, fn func(cur *keyMet
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
 	path := keyPath(name)
-	for attempt := 0; ; attempt++ {
+	var del bool
+	err := retryCAS(func() error {
 		ks.mu.RLock()
 		if ks.root == nil {
 			ks.mu.RUnlock()
-			return api.Key{}, ErrSealed
+			return ErrSealed
 		}
 		var cur *keyMeta
 		var record uint64
@@ -224,18 +225,19 @@ func (ks *Keystore) update(ctx context.Context, name string, fn func(cur *keyMet
 		} else if _, ok := ks.entries[path]; ok {
 			// A record this node could not open: never overwrite it blindly.
 			ks.mu.RUnlock()
-			return api.Key{}, fmt.Errorf("%w: key %q exists but cannot be read on this node", ErrCorrupt, name)
+			return fmt.Errorf("%w: key %q exists but cannot be read on this node", ErrCorrupt, name)
 		} else {
 			// A new record continues the path's counter (rollback.go).
 			record = ks.tombs[path]
 		}
 		ks.mu.RUnlock()
 
-		next, add, del, err := fn(cur)
+		next, add, d, err := fn(cur)
 		if err != nil {
 			zeroAll(material)
-			return api.Key{}, err
+			return err
 		}
+		del = d
 		if del {
 			zeroAll(material)
 			err = ks.propose(ctx, &command{Op: opDelete, Path: path, Expect: record})
@@ -244,29 +246,24 @@ func (ks *Keystore) update(ctx context.Context, name string, fn func(cur *keyMet
 				m := make([]byte, materialSize)
 				if _, err := io.ReadFull(ks.cfg.Rand, m); err != nil {
 					zeroAll(material)
-					return api.Key{}, fmt.Errorf("reading randomness: %w", err)
+					return fmt.Errorf("reading randomness: %w", err)
 				}
 				material = append(material, m)
 			}
 			meta, merr := json.Marshal(next)
 			if merr != nil {
 				zeroAll(material)
-				return api.Key{}, merr
+				return merr
 			}
 			err = ks.putRecord(ctx, path, record, meta, material)
 			zeroAll(material)
 		}
-		if errors.Is(err, ErrConflict) && attempt < 5 {
-			continue
-		}
-		if err != nil {
-			return api.Key{}, err
-		}
-		if del {
-			return api.Key{}, nil
-		}
-		return ks.GetKey(name)
+		return err
+	})
+	if err != nil || del {
+		return api.Key{}, err
 	}
+	return ks.GetKey(name)
 }
 
 // CreateKey creates a named key with its first version.
@@ -467,19 +464,14 @@ func (ks *Keystore) PurgeKey(ctx context.Context, name string) (bool, error) {
 func (ks *Keystore) RotateKeyring(ctx context.Context) (int, error) {
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
-	for attempt := 0; ; attempt++ {
-		ks.mu.RLock()
-		if ks.root == nil {
-			ks.mu.RUnlock()
-			return 0, ErrSealed
-		}
-		kr, keys, err := openKeyring(ks.root.Bytes(), ks.seal.ClusterID, ks.keyring)
+	var next uint32
+	err := retryCAS(func() error {
+		kr, keys, err := ks.rlockKeyring()
 		if err != nil {
-			ks.mu.RUnlock()
-			return 0, err
+			return err
 		}
 		expect := ks.keyringVersion
-		next := uint32(0)
+		next = 0
 		for _, t := range kr.Terms {
 			next = max(next, t.Term)
 		}
@@ -488,7 +480,7 @@ func (ks *Keystore) RotateKeyring(ctx context.Context) (int, error) {
 		if _, err := io.ReadFull(ks.cfg.Rand, nk); err != nil {
 			ks.mu.RUnlock()
 			zeroAll(keys)
-			return 0, fmt.Errorf("reading randomness: %w", err)
+			return fmt.Errorf("reading randomness: %w", err)
 		}
 		kr.Terms = append(kr.Terms, termMeta{Term: next, CreatedAt: ks.cfg.Now().UTC()})
 		kr.Active = next
@@ -497,17 +489,14 @@ func (ks *Keystore) RotateKeyring(ctx context.Context) (int, error) {
 		zeroAll(keys)
 		clear(nk)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		err = ks.propose(ctx, &command{Op: opKeyring, Expect: expect, Keyring: blob})
-		if errors.Is(err, ErrConflict) && attempt < 5 {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		return int(next), nil
+		return ks.propose(ctx, &command{Op: opKeyring, Expect: expect, Keyring: blob})
+	})
+	if err != nil {
+		return 0, err
 	}
+	return int(next), nil
 }
 
 // Term returns the active keyring term (0 while sealed).
@@ -531,16 +520,12 @@ func (ks *Keystore) PutPolicy(ctx context.Context, name string, p api.Policy) er
 	}
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
-	for attempt := 0; ; attempt++ {
+	return retryCAS(func() error {
 		ks.mu.RLock()
 		expect := ks.recordVersionLocked(policyPath(name))
 		ks.mu.RUnlock()
-		err := ks.putRecord(ctx, policyPath(name), expect, meta, nil)
-		if errors.Is(err, ErrConflict) && attempt < 5 {
-			continue
-		}
-		return err
-	}
+		return ks.putRecord(ctx, policyPath(name), expect, meta, nil)
+	})
 }
 
 // GetPolicy returns a policy.
@@ -572,7 +557,7 @@ func (ks *Keystore) ListPolicies() ([]string, error) {
 func (ks *Keystore) DeletePolicy(ctx context.Context, name string) error {
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
-	for attempt := 0; ; attempt++ {
+	return retryCAS(func() error {
 		ks.mu.RLock()
 		if ks.root == nil {
 			ks.mu.RUnlock()
@@ -583,10 +568,6 @@ func (ks *Keystore) DeletePolicy(ctx context.Context, name string) error {
 		if !ok {
 			return wrapf(ErrNotFound, "no policy named %q", truncate(name))
 		}
-		err := ks.propose(ctx, &command{Op: opDelete, Path: policyPath(name), Expect: e.Version})
-		if errors.Is(err, ErrConflict) && attempt < 5 {
-			continue
-		}
-		return err
-	}
+		return ks.propose(ctx, &command{Op: opDelete, Path: policyPath(name), Expect: e.Version})
+	})
 }

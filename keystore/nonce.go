@@ -11,7 +11,7 @@ import (
 	"github.com/coffer-kms/coffer/api"
 )
 
-// Nonce budget (spec/API.md, "Keys"; docs/threat-model.md, "Nonce
+// Nonce budget (docs/api.md, "Keys"; docs/threat-model.md, "Nonce
 // budget"). aes256-gcm and chacha20-poly1305 draw a random 96-bit nonce per
 // encryption. After q encryptions under one key version, the chance that
 // two nonces collide is about q²/2^97; a GCM nonce collision reveals the

@@ -661,15 +661,9 @@ func (ks *Keystore) Rekey(ctx context.Context, newRoot []byte, shares, threshold
 	}
 	ks.writeMu.Lock()
 	defer ks.writeMu.Unlock()
-	for attempt := 0; ; attempt++ {
-		ks.mu.RLock()
-		if ks.root == nil {
-			ks.mu.RUnlock()
-			return ErrSealed
-		}
-		kr, keys, err := openKeyring(ks.root.Bytes(), ks.seal.ClusterID, ks.keyring)
+	return retryCAS(func() error {
+		kr, keys, err := ks.rlockKeyring()
 		if err != nil {
-			ks.mu.RUnlock()
 			return err
 		}
 		sc := *ks.seal
@@ -694,12 +688,8 @@ func (ks *Keystore) Rekey(ctx context.Context, newRoot []byte, shares, threshold
 		wrap = g.Seal(wrap, wrap[:gcmNonceSize], newRoot, rootWrapAAD(sc.ClusterID, expect))
 		term := ks.active
 		ks.mu.RUnlock()
-		err = ks.propose(ctx, &command{Op: opRekey, Expect: expect, Seal: &sc, Keyring: blob, RootWrap: wrap, Term: term})
-		if errors.Is(err, ErrConflict) && attempt < 5 {
-			continue
-		}
-		return err
-	}
+		return ks.propose(ctx, &command{Op: opRekey, Expect: expect, Seal: &sc, Keyring: blob, RootWrap: wrap, Term: term})
+	})
 }
 
 // ---- snapshots ----

@@ -45,6 +45,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/coffer-kms/coffer/internal/atomicfile"
 )
 
 // File names inside a CA or output directory.
@@ -384,67 +386,17 @@ func writePair(certPath, keyPath string, certDER []byte, key *ecdsa.PrivateKey) 
 }
 
 // writeNew writes data to path with mode perm, atomically and without ever
-// replacing an existing file: the data goes to a temporary file in the same
-// directory (created 0600, so a key is never readable by others even for a
-// moment), which is synced and then hard-linked to path. link(2) fails if
-// path exists, which makes the no-overwrite check race-free. On filesystems
-// without hard links it falls back to an O_EXCL create of path itself.
-func writeNew(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName)
-	if err := writeSync(tmp, data, perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	switch err := os.Link(tmpName, path); {
+// replacing an existing file (internal/atomicfile.WriteNew: created 0600,
+// so a key is never readable by others even for a moment).
+func writeNew(path string, data []byte, perm os.FileMode) error {
+	err := atomicfile.WriteNew(path, data, perm)
+	switch {
 	case err == nil:
+		return nil
 	case errors.Is(err, fs.ErrExist):
 		return existsError(path)
-	default:
-		f, ferr := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if ferr != nil {
-			if errors.Is(ferr, fs.ErrExist) {
-				return existsError(path)
-			}
-			return fmt.Errorf("write %s: %w", path, ferr)
-		}
-		if werr := writeSync(f, data, perm); werr != nil {
-			os.Remove(path)
-			return fmt.Errorf("write %s: %w", path, werr)
-		}
 	}
-	syncDir(dir)
-	return nil
-}
-
-// writeSync writes data to f, sets its mode, syncs and closes it.
-func writeSync(f *os.File, data []byte, perm os.FileMode) error {
-	_, err := f.Write(data)
-	if err == nil {
-		// Chmod, not the create mode: the umask must not widen or narrow
-		// the modes the spec promises.
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// syncDir makes a new directory entry durable; best effort, since some
-// platforms cannot open or sync a directory.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
+	return fmt.Errorf("write %s: %w", path, err)
 }
 
 // loadCA reads caDir/ca.crt and caDir/ca.key and checks that they belong

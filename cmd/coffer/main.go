@@ -1,4 +1,4 @@
-// Command coffer is the command-line client of cofferd: see spec/CLI.md or
+// Command coffer is the command-line client of cofferd: see docs/cli.md or
 // run `coffer --help`. All of it lives in package cli; main only wires the
 // process to it.
 package main

@@ -1,4 +1,4 @@
-// Command cofferd is the Coffer daemon. See spec/CLI.md.
+// Command cofferd is the Coffer daemon. See docs/cli.md.
 //
 // The start-up sequence, top to bottom: harden the process (no core dumps,
 // not ptrace-able by other users), load and validate the config, build the
@@ -49,7 +49,7 @@ EXAMPLES:
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "HCL config `FILE` (spec/CONFIG.md)"},
+			&cli.StringFlag{Name: "config", Usage: "HCL config `FILE` (docs/config.md)"},
 			&cli.BoolFlag{Name: "dev", Usage: "run a development node: soft seal device, initialised with 1 share, unsealed, key \"dev\" created"},
 			&cli.StringFlag{Name: "data-dir", Usage: "with --dev: keep state in `DIR` (default: a new temp dir)"},
 			&cli.StringFlag{Name: "socket", Usage: "with --dev: the API socket `PATH` (default: DATA_DIR/coffer.sock)"},
@@ -189,7 +189,7 @@ func nonceBudget() (uint64, error) {
 	return n, nil
 }
 
-// runDev runs a throw-away development node (spec/CLI.md: cofferd --dev).
+// runDev runs a throw-away development node (docs/cli.md: cofferd --dev).
 func runDev(ctx context.Context, dataDir, socket string, stdout, stderr io.Writer) error {
 	temp := dataDir == ""
 	if temp {

@@ -14,7 +14,7 @@ import (
 )
 
 // recoverCommand is `cofferd recover --config FILE --peers FILE`: offline
-// quorum-loss recovery (spec/CLI.md).
+// quorum-loss recovery (docs/cli.md).
 func recoverCommand(stdout io.Writer) *cli.Command {
 	return &cli.Command{
 		Name:      "recover",

@@ -8,8 +8,8 @@
 //
 // # Entry format
 //
-// Each line is one JSON object with the fields of spec/API.md ("Audit log
-// entries") in this order, no insignificant whitespace, and a newline:
+// Each line is one JSON object with the fields of docs/audit.md in this
+// order, no insignificant whitespace, and a newline:
 //
 //	{"seq":42,"time":"2026-11-28T18:00:00.123Z","node_id":"node1",
 //	 "type":"request","request_id":"…","operation":"wrap",

@@ -2,8 +2,9 @@ package audit
 
 // RequestOperations are the operation names of request entries. For an
 // endpoint that a policy operation governs it is that operation; for a
-// /v1/sys endpoint, its last path element (spec/API.md); the others have
-// names of their own. "rotate" is both a key's rotation (the entry names
+// /v1/sys endpoint, its last path element; the others have
+// names of their own (each route in daemon/http.go names its operation).
+// "rotate" is both a key's rotation (the entry names
 // the key) and the keyring's (POST /v1/sys/rotate, no key). A request to
 // an endpoint that does not exist is "unknown".
 var RequestOperations = []string{
@@ -40,3 +41,11 @@ var EventOperations = []string{
 	"audit-recovered", // the log is writable again after a failure
 	"audit-log-cut",   // the log ended before the recorded head at start
 }
+
+// NoRouteOperations are request operations that no /v1 HTTP route carries:
+// requests that arrive on the node's other sockets. They are reserved here
+// so that the route table, the policy operations and the audit operations
+// can be checked against each other (daemon's TestRoutes_OperationsAgree):
+// "credential" (the systemd credential socket) and "kms_encrypt",
+// "kms_decrypt" (the Kubernetes KMS v2 plugin socket).
+var NoRouteOperations = []string{"credential", "kms_encrypt", "kms_decrypt"}

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/coffer-kms/coffer/internal/atomicfile"
 )
 
 // Fsync policies (Config.Fsync).
@@ -864,7 +866,7 @@ func (w *Writer) saveHead() {
 	}
 	w.mu.Unlock()
 	b, _ := json.Marshal(headFile{Seq: seq, Hash: hash, Path: w.cfg.Path})
-	err := writeFileAtomic(w.cfg.HeadFile, append(b, '\n'))
+	err := atomicfile.Write(w.cfg.HeadFile, append(b, '\n'), 0o600)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err != nil {
@@ -877,26 +879,6 @@ func (w *Writer) saveHead() {
 		return
 	}
 	w.headSaved, w.headFailing = seq, false
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 type nopLogger struct{}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/user"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -112,31 +113,12 @@ func checkUnitName(u string) error {
 	return nil
 }
 
-// opIndex returns the bit of op in an operation mask, or -1.
-func opIndex(op string) int {
-	switch op {
-	case api.OpWrap:
-		return 0
-	case api.OpUnwrap:
-		return 1
-	case api.OpRewrap:
-		return 2
-	case api.OpDatakey:
-		return 3
-	case api.OpRead:
-		return 4
-	case api.OpCreate:
-		return 5
-	case api.OpRotate:
-		return 6
-	case api.OpUpdate:
-		return 7
-	case api.OpDelete:
-		return 8
-	}
-	return -1
-}
+// opIndex returns the bit of op in an operation mask, or -1: its index in
+// api.Operations, the one list of policy operations.
+func opIndex(op string) int { return slices.Index(api.Operations, op) }
 
+// numOps is len(api.Operations), as a constant for the arrays below
+// (TestOpIndex_MatchesOperations checks it).
 const numOps = 9
 
 // PolicySet is a compiled, immutable set of policies. It is safe for
@@ -287,28 +269,51 @@ func NewAdmins(cfg config.AdminConfig) (*Admins, error) {
 	for _, u := range cfg.UIDs {
 		a.UIDs[u] = true
 	}
-	for _, name := range cfg.Groups {
-		g, err := user.LookupGroup(name)
-		if err != nil {
-			var unknown user.UnknownGroupError
-			if errors.As(err, &unknown) {
-				return nil, fmt.Errorf("admin group %q does not exist on this host; create it or remove it from admin.groups", name)
-			}
-			return nil, fmt.Errorf("cannot look up admin group %q: %w", name, err)
-		}
-		gid, err := strconv.ParseUint(g.Gid, 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("admin group %q has a non-numeric gid %q", name, g.Gid)
-		}
-		a.GIDs[uint32(gid)] = true
-		a.GroupNames[name] = true
+	if err := a.addGroups(cfg.Groups, "admin"); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
 
+// NewUnsealers is NewAdmins for the config's unseal block: its members may
+// submit unseal shares (admins may too; the caller checks both).
+func NewUnsealers(cfg config.UnsealConfig) (*Admins, error) {
+	a := &Admins{GIDs: make(map[uint32]bool, len(cfg.Groups)), GroupNames: make(map[string]bool, len(cfg.Groups))}
+	if err := a.addGroups(cfg.Groups, "unseal"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// addGroups resolves groups (from the block named what) to gids.
+func (a *Admins) addGroups(groups []string, what string) error {
+	for _, name := range groups {
+		g, err := user.LookupGroup(name)
+		if err != nil {
+			var unknown user.UnknownGroupError
+			if errors.As(err, &unknown) {
+				return fmt.Errorf("%s group %q does not exist on this host; create it or remove it from %s.groups", what, name, what)
+			}
+			return fmt.Errorf("cannot look up %s group %q: %w", what, name, err)
+		}
+		gid, err := strconv.ParseUint(g.Gid, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%s group %q has a non-numeric gid %q", what, name, g.Gid)
+		}
+		a.GIDs[uint32(gid)] = true
+		a.GroupNames[name] = true
+	}
+	return nil
+}
+
 // IsAdmin reports whether c may administer: uid 0, a listed uid, or a member
 // (primary or supplementary) of a listed group.
-func (a *Admins) IsAdmin(c *Caller) bool {
+func (a *Admins) IsAdmin(c *Caller) bool { return a.Includes(c) }
+
+// Includes reports whether c is uid 0, a listed uid, or a member (primary
+// or supplementary) of a listed group: for a set from NewUnsealers, whether
+// c may submit unseal shares.
+func (a *Admins) Includes(c *Caller) bool {
 	if c == nil {
 		return false
 	}

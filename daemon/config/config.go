@@ -1,4 +1,4 @@
-// Package config reads cofferd's HCL configuration file (spec/CONFIG.md).
+// Package config reads cofferd's HCL configuration file (docs/config.md).
 //
 // Parsing is strict: an unknown attribute or block, a value of the wrong type,
 // or a setting that cannot work is an error, and every error is one line of
@@ -20,9 +20,13 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/hsm/pkcs11"
+	"github.com/coffer-kms/coffer/hsm/soft"
+	"github.com/coffer-kms/coffer/hsm/tpm"
 )
 
-// Defaults (spec/CONFIG.md).
+// Defaults (docs/config.md).
 const (
 	DefaultDataDir    = "/var/lib/coffer"
 	DefaultSocketPath = "/run/coffer/coffer.sock"
@@ -60,6 +64,9 @@ type Config struct {
 
 	Listener ListenerConfig
 	Admin    AdminConfig
+	// Unseal lists who may submit unseal shares (and reset the progress)
+	// besides the admins.
+	Unseal UnsealConfig
 	// Cluster is nil for a single node.
 	Cluster *ClusterConfig
 	// Seal is nil when the node unseals with Shamir shares only.
@@ -97,6 +104,12 @@ type ListenerConfig struct {
 // AdminConfig lists who may administer besides uid 0.
 type AdminConfig struct {
 	UIDs   []uint32
+	Groups []string
+}
+
+// UnsealConfig lists the groups whose members may submit unseal shares and
+// reset the unseal progress, besides the admins.
+type UnsealConfig struct {
 	Groups []string
 }
 
@@ -188,7 +201,7 @@ func (e *Error) Error() string {
 	}
 }
 
-// DefaultConfig returns the configuration of spec/CONFIG.md's defaults:
+// DefaultConfig returns the configuration of docs/config.md's defaults:
 // node_id the hostname, data_dir /var/lib/coffer, log level info in text,
 // the socket /run/coffer/coffer.sock with mode 0660 and the daemon's own
 // group, only uid 0 administers, single node, Shamir-only unseal.
@@ -325,6 +338,11 @@ func (c *Config) Validate() error {
 			return c.errAt("admin.groups", "admin.groups contains an empty group name; remove it")
 		}
 	}
+	for _, g := range c.Unseal.Groups {
+		if g == "" {
+			return c.errAt("unseal.groups", "unseal.groups contains an empty group name; remove it")
+		}
+	}
 	if err := c.validateCluster(); err != nil {
 		return err
 	}
@@ -421,6 +439,16 @@ func isUnspecified(host string) bool {
 	return ip != nil && ip.IsUnspecified()
 }
 
+// deviceErr reports a device's own Validate error at the line of the
+// setting it names (the seal block's line when it names none).
+func (c *Config) deviceErr(block string, err error) error {
+	var se *hsm.SettingError
+	if errors.As(err, &se) && se.Setting != "" {
+		block += "." + se.Setting // errAt falls back to the block's line
+	}
+	return c.errAt(block, "%s", err.Error())
+}
+
 func (c *Config) validateSeal() error {
 	s := c.Seal
 	if s == nil {
@@ -433,14 +461,8 @@ func (c *Config) validateSeal() error {
 		if p == nil || s.TPM != nil || s.Soft != nil {
 			return c.errAt("seal", "seal type %q needs exactly its own settings (PKCS11)", s.Type)
 		}
-		for _, f := range []struct{ name, val, example string }{
-			{"library", p.Library, "/usr/lib/softhsm/libsofthsm2.so"},
-			{"token_label", p.TokenLabel, "coffer"},
-			{"key_label", p.KeyLabel, "coffer-seal"},
-		} {
-			if f.val == "" {
-				return c.errAt(key+"."+f.name, "seal \"pkcs11\" needs %s; add %s = %q", f.name, f.name, f.example)
-			}
+		if err := (pkcs11.Config{Library: p.Library, TokenLabel: p.TokenLabel, KeyLabel: p.KeyLabel, GenerateKey: p.GenerateKey}).Validate(); err != nil {
+			return c.deviceErr(key, err)
 		}
 		var pinSources []string
 		for _, f := range []struct{ name, val string }{
@@ -470,25 +492,8 @@ func (c *Config) validateSeal() error {
 		if t == nil || s.PKCS11 != nil || s.Soft != nil {
 			return c.errAt("seal", "seal type %q needs exactly its own settings (TPM)", s.Type)
 		}
-		switch {
-		case t.Device != "" && t.Address != "":
-			k := key + ".address"
-			if c.pos[key+".device"].Start.Line > c.pos[k].Start.Line {
-				k = key + ".device"
-			}
-			return c.errAt(k, "seal \"tpm\" has both device and address; use device for a TPM (\"/dev/tpmrm0\") or address for a simulator, not both")
-		case t.Device == "" && t.Address == "":
-			return c.errAt(key, "seal \"tpm\" needs device (a TPM, \"/dev/tpmrm0\") or address (a simulator, \"127.0.0.1:2321\" or \"unix:/path\")")
-		}
-		seen := make(map[int]bool, len(t.PCRs))
-		for _, p := range t.PCRs {
-			if p < 0 || p > 23 {
-				return c.errAt(key+".pcrs", "seal \"tpm\" pcrs has %d; PCR indexes are 0 to 23", p)
-			}
-			if seen[p] {
-				return c.errAt(key+".pcrs", "seal \"tpm\" pcrs lists %d twice; list each PCR once", p)
-			}
-			seen[p] = true
+		if err := (tpm.Config{Device: t.Device, Address: t.Address, PCRs: t.PCRs}).Validate(); err != nil {
+			return c.deviceErr(key, err)
 		}
 	case SealSoft:
 		if s.Soft == nil || s.PKCS11 != nil || s.TPM != nil {
@@ -497,8 +502,8 @@ func (c *Config) validateSeal() error {
 		if !c.Dev {
 			return c.errAt("seal", "the soft seal is for development only; set dev = true or use seal \"pkcs11\"/\"tpm\"")
 		}
-		if s.Soft.KeyFile == "" {
-			return c.errAt(key+".key_file", "seal \"soft\" needs key_file; add key_file = \"dev-seal.key\"")
+		if err := soft.Validate(s.Soft.KeyFile); err != nil {
+			return c.deviceErr(key, err)
 		}
 	default:
 		return c.errAt("seal", "unknown seal type %q; use \"pkcs11\", \"tpm\" or \"soft\" (development only), or remove the seal block to unseal with shares only", s.Type)

@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// specExample is the full example of spec/CONFIG.md with only the pkcs11
+// specExample is the full example of the shared spec's CONFIG.md with only the pkcs11
 // seal block kept.
 const specExample = `node_id    = "node1"              # default: the hostname
 data_dir   = "/var/lib/coffer"    # raft log, snapshots, node-local sealed root key
@@ -31,6 +31,10 @@ listener "unix" {
 admin {                           # who may administer, besides uid 0
   uids   = []
   groups = ["coffer-admin"]
+}
+
+unseal {                          # who may submit unseal shares, besides admins
+  groups = ["coffer-unseal"]
 }
 
 # Omit the cluster block for a single node. Then raft still runs, with one voter.
@@ -81,6 +85,7 @@ func TestParseConfig_SpecExample(t *testing.T) {
 		LogFormat: "text",
 		Listener:  ListenerConfig{Path: "/run/coffer/coffer.sock", Mode: 0o660, Group: "coffer", MaxConnsPerUID: 256, MaxConns: 4096},
 		Admin:     AdminConfig{UIDs: []uint32{}, Groups: []string{"coffer-admin"}},
+		Unseal:    UnsealConfig{Groups: []string{"coffer-unseal"}},
 		Cluster: &ClusterConfig{
 			Addr:          "10.0.0.1:8201",
 			AdvertiseAddr: "10.0.0.1:8201",
@@ -362,6 +367,21 @@ func TestParseConfig_Bad(t *testing.T) {
 			want: "c.hcl:3: admin.groups must be a list of strings in double quotes, but it contains a number",
 		},
 		{
+			name: "unseal groups not a list",
+			src:  "node_id = \"n1\"\nunseal {\n  groups = \"ops\"\n}\n",
+			want: "c.hcl:3: unseal.groups must be a list of strings like [...], got a string",
+		},
+		{
+			name: "unseal unknown attribute",
+			src:  "node_id = \"n1\"\nunseal {\n  uids = [1]\n}\n",
+			want: "c.hcl:3:",
+		},
+		{
+			name: "two unseal blocks",
+			src:  "node_id = \"n1\"\nunseal {\n}\nunseal {\n}\n",
+			want: "c.hcl:4: only one unseal block is allowed, and there is already one at line 2",
+		},
+		{
 			name: "null value",
 			src:  "node_id = \"n1\"\ndata_dir = null\n",
 			want: "c.hcl:2: data_dir is null",
@@ -414,7 +434,7 @@ func TestParseConfig_Bad(t *testing.T) {
 		{
 			name: "soft seal without key_file",
 			src:  "node_id = \"n1\"\ndev = true\nseal \"soft\" {\n}\n",
-			want: `c.hcl:3: seal "soft" needs key_file`,
+			want: `c.hcl:3: soft seal: no key file given; set key_file in the seal "soft" block, e.g. key_file = "dev-seal.key"`,
 		},
 		{
 			name: "bad log_level",
@@ -454,17 +474,17 @@ func TestParseConfig_Bad(t *testing.T) {
 		{
 			name: "pkcs11 missing library",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  token_label = \"t\"\n  key_label = \"k\"\n  pin_env = \"P\"\n}\n",
-			want: `c.hcl:2: seal "pkcs11" needs library; add library = "/usr/lib/softhsm/libsofthsm2.so"`,
+			want: `c.hcl:2: pkcs11 seal: no PKCS#11 library given: set library in the seal "pkcs11" block to the PKCS#11 module, e.g. library = "/usr/lib/softhsm/libsofthsm2.so"`,
 		},
 		{
 			name: "pkcs11 missing token_label",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  key_label = \"k\"\n  pin_env = \"P\"\n}\n",
-			want: `c.hcl:2: seal "pkcs11" needs token_label`,
+			want: `c.hcl:2: pkcs11 seal: no token label given: set token_label in the seal "pkcs11" block, e.g. token_label = "coffer"`,
 		},
 		{
 			name: "pkcs11 empty key_label",
 			src:  "node_id = \"n1\"\nseal \"pkcs11\" {\n  library = \"/l.so\"\n  token_label = \"t\"\n  key_label = \"\"\n  pin_env = \"P\"\n}\n",
-			want: `c.hcl:5: seal "pkcs11" needs key_label`,
+			want: `c.hcl:5: pkcs11 seal: no key label given: set key_label in the seal "pkcs11" block, e.g. key_label = "coffer-seal"`,
 		},
 		{
 			name: "pkcs11 both pin_file and pin_env",
@@ -509,27 +529,34 @@ func TestParseConfig_Bad(t *testing.T) {
 		{
 			name: "tpm both device and address",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  address = \"127.0.0.1:2321\"\n}\n",
-			want: `c.hcl:4: seal "tpm" has both device and address`,
+			want: `c.hcl:4: tpm seal: both device and address are set; set device for a TPM (/dev/tpmrm0) or address for a simulator, not both`,
 		},
 		{
 			name: "tpm neither device nor address",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  pcrs = [7]\n}\n",
-			want: `c.hcl:2: seal "tpm" needs device`,
+			want: `c.hcl:2: tpm seal: neither device nor address is set; set device = "/dev/tpmrm0" (or address for a simulator, "127.0.0.1:2321" or "unix:/path") in the seal "tpm" block`,
 		},
 		{
 			name: "tpm pcr out of range",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  pcrs = [7, 24]\n}\n",
-			want: `c.hcl:4: seal "tpm" pcrs has 24; PCR indexes are 0 to 23`,
+			want: `c.hcl:4: tpm seal: pcrs: PCR 24 is out of range (0-23); list SHA-256 PCR indexes between 0 and 23, each once`,
 		},
 		{
 			name: "tpm negative pcr",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  pcrs = [-1]\n}\n",
-			want: `c.hcl:4: seal "tpm" pcrs has -1; PCR indexes are 0 to 23`,
+			want: `c.hcl:4: tpm seal: pcrs: PCR -1 is out of range (0-23); list SHA-256 PCR indexes between 0 and 23, each once`,
 		},
 		{
 			name: "tpm duplicate pcr",
 			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  device = \"/dev/tpmrm0\"\n  pcrs = [7, 0, 7]\n}\n",
-			want: `c.hcl:4: seal "tpm" pcrs lists 7 twice; list each PCR once`,
+			want: `c.hcl:4: tpm seal: pcrs: PCR 7 is listed twice; list SHA-256 PCR indexes between 0 and 23, each once`,
+		},
+		{
+			// The device's own Validate runs at load: a simulator address
+			// with a bad port is reported at its line, not at first use.
+			name: "tpm address with a bad port",
+			src:  "node_id = \"n1\"\nseal \"tpm\" {\n  address = \"127.0.0.1:99999\"\n}\n",
+			want: `c.hcl:3: tpm seal: address "127.0.0.1:99999" has an invalid port`,
 		},
 		{
 			name: "cluster without addr",
@@ -600,6 +627,11 @@ func TestParseConfig_Bad(t *testing.T) {
 			name: "empty admin group",
 			src:  "node_id = \"n1\"\nadmin {\n  groups = [\"\"]\n}\n",
 			want: `c.hcl:3: admin.groups contains an empty group name`,
+		},
+		{
+			name: "empty unseal group",
+			src:  "node_id = \"n1\"\nunseal {\n  groups = [\"ops\", \"\"]\n}\n",
+			want: `c.hcl:3: unseal.groups contains an empty group name`,
 		},
 	}
 	for _, tt := range tests {

@@ -28,6 +28,7 @@ var rootSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "listener", LabelNames: []string{"type"}},
 		{Type: "admin"},
+		{Type: "unseal"},
 		{Type: "cluster"},
 		{Type: "seal", LabelNames: []string{"type"}},
 		{Type: "kms_v2"},
@@ -39,6 +40,8 @@ var rootSchema = &hcl.BodySchema{
 var listenerSchema = attrSchema("path", "mode", "group", "max_conns_per_uid", "max_conns")
 
 var adminSchema = attrSchema("uids", "groups")
+
+var unsealSchema = attrSchema("groups")
 
 var clusterSchema = attrSchema("addr", "advertise_addr", "bootstrap", "tls_cert_file", "tls_key_file", "tls_ca_file")
 
@@ -166,6 +169,8 @@ func (d *decoder) root(body hcl.Body) {
 			b := d.body(blk, adminSchema, "admin")
 			b.uint32s("uids", &c.Admin.UIDs)
 			b.strings("groups", &c.Admin.Groups)
+		case "unseal":
+			d.body(blk, unsealSchema, "unseal").strings("groups", &c.Unseal.Groups)
 		case "cluster":
 			cl := &ClusterConfig{}
 			c.Cluster = cl

@@ -7,7 +7,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// Connection caps of the listener "unix" block (spec/CONFIG.md). The
+// Connection caps of the listener "unix" block (docs/config.md). The
 // defaults leave room for the load generators of the performance work (32
 // connections from one uid) and for connection pools of many services,
 // while one local user cannot hold more than a sixteenth of the node.

@@ -29,7 +29,7 @@ telemetry {
 		t.Errorf("telemetry = %+v", c.Telemetry)
 	}
 
-	// Defaults (spec/CONFIG.md): 256 per uid, 4096 in all, no telemetry.
+	// Defaults (docs/config.md): 256 per uid, 4096 in all, no telemetry.
 	c, err = ParseConfig([]byte("node_id = \"n1\"\n"), testFile)
 	if err != nil {
 		t.Fatal(err)

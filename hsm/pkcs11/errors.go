@@ -23,15 +23,30 @@ type deviceError struct {
 	msg   string
 	kind  error // hsm.ErrDeviceUnavailable or hsm.ErrUnsealFailed
 	cause error // a pkcs11.Error, or nil
+	// pin is set when the token refused the PIN: the error then also
+	// wraps hsm.ErrPINRefused.
+	pin bool
 }
 
 func (e *deviceError) Error() string { return e.msg }
 
 func (e *deviceError) Unwrap() []error {
-	if e.cause == nil {
-		return []error{e.kind}
+	errs := []error{e.kind}
+	if e.pin {
+		errs = append(errs, hsm.ErrPINRefused)
 	}
-	return []error{e.kind, e.cause}
+	if e.cause != nil {
+		errs = append(errs, e.cause)
+	}
+	return errs
+}
+
+// pinRefused returns an error wrapping hsm.ErrDeviceUnavailable and
+// hsm.ErrPINRefused (and cause).
+func pinRefused(cause error, format string, args ...any) error {
+	err := newDeviceError(hsm.ErrDeviceUnavailable, cause, format, args...)
+	err.(*deviceError).pin = true
+	return err
 }
 
 // unavailable returns an error wrapping hsm.ErrDeviceUnavailable. When

@@ -89,21 +89,41 @@ type Config struct {
 	GenerateKey bool // create the AES-256 device key if the token lacks it
 }
 
-func (c *Config) validate() error {
+// Validate checks the settings a config file gives (not the PIN, which is
+// read at open) without loading the library, so that a configuration error
+// is reported when the configuration is loaded. Its errors are
+// *hsm.SettingError. Open also validates.
+func (c Config) Validate() error {
+	setting := func(name, format string, args ...any) error {
+		return &hsm.SettingError{Setting: name, Msg: "pkcs11 seal: " + fmt.Sprintf(format, args...)}
+	}
 	switch {
+	case c.Library == "":
+		return setting("library", "no PKCS#11 library given: set library in the seal \"pkcs11\" block to the PKCS#11 module, e.g. library = \"/usr/lib/softhsm/libsofthsm2.so\"")
 	case c.TokenLabel == "":
-		return unavailable(nil, "no token label given: set token_label in the seal \"pkcs11\" block")
+		return setting("token_label", "no token label given: set token_label in the seal \"pkcs11\" block, e.g. token_label = \"coffer\"")
 	case len(c.TokenLabel) > maxLabelLen:
-		return unavailable(nil, "token_label %q is %d bytes, but PKCS#11 token labels hold at most %d", c.TokenLabel, len(c.TokenLabel), maxLabelLen)
+		return setting("token_label", "token_label %q is %d bytes, but PKCS#11 token labels hold at most %d", c.TokenLabel, len(c.TokenLabel), maxLabelLen)
 	case c.KeyLabel == "":
-		return unavailable(nil, "no key label given: set key_label in the seal \"pkcs11\" block")
-	case len(c.PIN) == 0:
+		return setting("key_label", "no key label given: set key_label in the seal \"pkcs11\" block, e.g. key_label = \"coffer-seal\"")
+	}
+	return nil
+}
+
+func (c *Config) validate() error {
+	if err := c.Validate(); err != nil {
+		return &deviceError{msg: err.Error(), kind: hsm.ErrDeviceUnavailable}
+	}
+	if len(c.PIN) == 0 {
 		return unavailable(nil, "no user PIN for token %q: set pin_file or pin_env in the seal \"pkcs11\" block", c.TokenLabel)
 	}
 	return nil
 }
 
-var _ hsm.Device = (*Device)(nil)
+var (
+	_ hsm.Device   = (*Device)(nil)
+	_ hsm.Reopener = (*Device)(nil)
+)
 
 // Device is a PKCS#11 seal device. It is safe for concurrent use.
 type Device struct {
@@ -600,11 +620,11 @@ func (d *Device) notPresentError(cause error) error {
 }
 
 func (d *Device) wrongPINError(cause error) error {
-	return unavailable(cause, "the HSM rejected the PIN for token %q: check pin_file/pin_env; cofferd will not retry it (to avoid locking the token)", d.tokenLabel)
+	return pinRefused(cause, "the HSM rejected the PIN for token %q: check pin_file/pin_env; cofferd will not retry it (to avoid locking the token)", d.tokenLabel)
 }
 
 func (d *Device) pinLockedError() error {
-	return unavailable(p11.Error(p11.CKR_PIN_LOCKED), "the user PIN of token %q is locked after too many wrong PINs: unlock it with the SO PIN (pkcs11-tool --login --login-type so --init-pin, or the HSM vendor's tool), or unseal with shares and reseal with another token", d.tokenLabel)
+	return pinRefused(p11.Error(p11.CKR_PIN_LOCKED), "the user PIN of token %q is locked after too many wrong PINs: unlock it with the SO PIN (pkcs11-tool --login --login-type so --init-pin, or the HSM vendor's tool), or unseal with shares and reseal with another token", d.tokenLabel)
 }
 
 // loginLocked logs the process in to the token, once: login state is per

@@ -3,7 +3,6 @@ package pkcs11
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log"
@@ -18,6 +17,7 @@ import (
 	p11 "github.com/miekg/pkcs11"
 
 	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/hsm/hsmtest"
 	softhsmtest "github.com/coffer-kms/coffer/softhsm-test"
 )
 
@@ -76,14 +76,7 @@ func mustOpen(t testing.TB, cfg Config) *Device {
 	return d
 }
 
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var randomBytes = hsmtest.RandomBytes
 
 // withSession runs f on a session of d's, as the package itself would.
 func withSession(t testing.TB, d *Device, f func(s p11.SessionHandle)) {
@@ -188,42 +181,20 @@ func TestUnseal_Refuses(t *testing.T) {
 		f(&c)
 		return c
 	}
-	tests := []struct {
-		name    string
-		blob    hsm.Blob
-		aad     []byte
-		wantErr string
-	}{
-		{"other aad (other node)", b, hsm.SealAAD("c", "n2"), "does not open with key"},
-		{"no aad", b, nil, "does not open with key"},
-		{"iv flipped", flip(0), aad, "does not open with key"},
-		{"ciphertext flipped", flip(ivSize), aad, "does not open with key"},
-		{"tag flipped", flip(len(b.Data) - 1), aad, "does not open with key"},
-		{"truncated", with(func(c *hsm.Blob) { c.Data = c.Data[:ivSize+tagSize-1] }), aad, "truncated"},
-		{"tag cut", with(func(c *hsm.Blob) { c.Data = c.Data[:len(c.Data)-4] }), aad, "does not open with key"},
-		{"empty", with(func(c *hsm.Blob) { c.Data = nil }), aad, "truncated"},
-		{"other kind", with(func(c *hsm.Blob) { c.Kind = "tpm" }), aad, `sealed by a "tpm" device`},
-		{"other key label", with(func(c *hsm.Blob) { c.KeyID = "old-key" }), aad, `key labelled "old-key"`},
-		{"other mechanism", with(func(c *hsm.Blob) { c.Meta[MetaMechanism] = "CKM_AES_CBC_PAD" }), aad, "CKM_AES_CBC_PAD"},
-		{"other token's key", fromOther, aad, fmt.Sprintf("it was sealed on token %q", other.Label)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := d.Unseal(ctx, tt.blob, tt.aad)
-			if err == nil {
-				t.Fatal("Unseal accepted the blob")
-			}
-			if got != nil {
-				t.Error("Unseal returned data with an error")
-			}
-			if !errors.Is(err, hsm.ErrUnsealFailed) || errors.Is(err, hsm.ErrDeviceUnavailable) {
-				t.Errorf("error %v: want hsm.ErrUnsealFailed only", err)
-			}
-			if !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("error %q, want it to contain %q", err, tt.wantErr)
-			}
-		})
-	}
+	hsmtest.CheckRefusals(t, d, []hsmtest.Refusal{
+		{Name: "other aad (other node)", Blob: b, AAD: hsm.SealAAD("c", "n2"), WantErr: "does not open with key"},
+		{Name: "no aad", Blob: b, AAD: nil, WantErr: "does not open with key"},
+		{Name: "iv flipped", Blob: flip(0), AAD: aad, WantErr: "does not open with key"},
+		{Name: "ciphertext flipped", Blob: flip(ivSize), AAD: aad, WantErr: "does not open with key"},
+		{Name: "tag flipped", Blob: flip(len(b.Data) - 1), AAD: aad, WantErr: "does not open with key"},
+		{Name: "truncated", Blob: with(func(c *hsm.Blob) { c.Data = c.Data[:ivSize+tagSize-1] }), AAD: aad, WantErr: "truncated"},
+		{Name: "tag cut", Blob: with(func(c *hsm.Blob) { c.Data = c.Data[:len(c.Data)-4] }), AAD: aad, WantErr: "does not open with key"},
+		{Name: "empty", Blob: with(func(c *hsm.Blob) { c.Data = nil }), AAD: aad, WantErr: "truncated"},
+		{Name: "other kind", Blob: with(func(c *hsm.Blob) { c.Kind = "tpm" }), AAD: aad, WantErr: `sealed by a "tpm" device`},
+		{Name: "other key label", Blob: with(func(c *hsm.Blob) { c.KeyID = "old-key" }), AAD: aad, WantErr: `key labelled "old-key"`},
+		{Name: "other mechanism", Blob: with(func(c *hsm.Blob) { c.Meta[MetaMechanism] = "CKM_AES_CBC_PAD" }), AAD: aad, WantErr: "CKM_AES_CBC_PAD"},
+		{Name: "other token's key", Blob: fromOther, AAD: aad, WantErr: fmt.Sprintf("it was sealed on token %q", other.Label)},
+	})
 	// The device keeps working after refusals.
 	if _, err := d.Unseal(ctx, b, aad); err != nil {
 		t.Fatalf("Unseal of the good blob after refusals: %v", err)
@@ -434,8 +405,8 @@ func TestOpen_WrongPIN(t *testing.T) {
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q, want it to contain %q", err, want)
 	}
-	if !errors.Is(err, hsm.ErrDeviceUnavailable) || !errors.Is(err, p11.Error(p11.CKR_PIN_INCORRECT)) {
-		t.Errorf("error %v: want hsm.ErrDeviceUnavailable and CKR_PIN_INCORRECT", err)
+	if !errors.Is(err, hsm.ErrDeviceUnavailable) || !errors.Is(err, hsm.ErrPINRefused) || !errors.Is(err, p11.Error(p11.CKR_PIN_INCORRECT)) {
+		t.Errorf("error %v: want hsm.ErrDeviceUnavailable, hsm.ErrPINRefused and CKR_PIN_INCORRECT", err)
 	}
 	if strings.Contains(err.Error(), wrong) || strings.Contains(err.Error(), tk.PIN) {
 		t.Errorf("error %q contains a PIN", err)
@@ -664,53 +635,28 @@ func TestDevice_TokenDeletedAndReplaced(t *testing.T) {
 	}
 }
 
-func TestDevice_Concurrent(t *testing.T) {
-	d := mustOpen(t, config(newToken(t), "k", true))
-	ctx := context.Background()
-	const goroutines, rounds = 8, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, goroutines)
-	for g := 0; g < goroutines; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			aad := hsm.SealAAD("c", fmt.Sprint("node", g))
-			for i := 0; i < rounds; i++ {
-				secret := []byte(fmt.Sprintf("secret %d/%d", g, i))
-				b, err := d.Seal(ctx, secret, aad)
-				if err != nil {
-					errs <- err
-					return
-				}
-				got, err := d.Unseal(ctx, b, aad)
-				if err != nil {
-					errs <- err
-					return
-				}
-				if !bytes.Equal(got, secret) {
-					errs <- fmt.Errorf("goroutine %d round %d: got another secret", g, i)
-					return
-				}
-				if i%10 == 0 {
-					if err := d.Health(ctx); err != nil {
-						errs <- err
-						return
-					}
-				}
+// TestConformance runs the hsm.Device contract's suite on SoftHSM2 tokens;
+// after the concurrency test the session pool must be bounded.
+func TestConformance(t *testing.T) {
+	open := func(t *testing.T) hsm.Device { return mustOpen(t, config(newToken(t), "k", true)) }
+	// SoftHSM lists the tokens at C_Initialize: the other device's token
+	// must exist before the first device of a subtest loads the library.
+	other := newToken(t)
+	hsmtest.Run(t, hsmtest.Config{
+		Open: open,
+		// Same key label, another token: another key.
+		Other: func(t *testing.T) hsm.Device { return mustOpen(t, config(other, "k", true)) },
+		AfterConcurrent: func(t *testing.T, d hsm.Device) {
+			dev := d.(*Device)
+			dev.mu.Lock()
+			idle := len(dev.idle)
+			dev.mu.Unlock()
+			if idle > maxSessions {
+				t.Errorf("%d idle sessions, want at most %d", idle, maxSessions)
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	d.mu.Lock()
-	idle := len(d.idle)
-	d.mu.Unlock()
-	if idle > maxSessions {
-		t.Errorf("%d idle sessions, want at most %d", idle, maxSessions)
-	}
+		},
+		Rounds: 25,
+	})
 }
 
 // TestDevice_SharedLibrary checks that devices in one process share the
@@ -774,6 +720,9 @@ func TestDevice_SharedLibrary(t *testing.T) {
 	}
 }
 
+// TestDevice_Closed: Open copies the PIN (the caller may zero its own) and
+// Close zeroes the copy; errors after Close say "closed". The rest of
+// Close's contract is in the conformance suite.
 func TestDevice_Closed(t *testing.T) {
 	tk := newToken(t)
 	cfg := config(tk, "k", true)
@@ -781,15 +730,10 @@ func TestDevice_Closed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Open copied the PIN: the caller may zero its own.
 	clear(cfg.PIN)
 	ctx := context.Background()
 	if err := d.Reopen(ctx); err != nil {
 		t.Fatalf("Reopen after the caller zeroed its PIN: %v", err)
-	}
-	b, err := d.Seal(ctx, []byte("s"), nil)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
@@ -797,40 +741,16 @@ func TestDevice_Closed(t *testing.T) {
 	if d.pin != nil {
 		t.Error("Close kept the PIN")
 	}
-	ops := []struct {
-		name string
-		op   func() error
-	}{
-		{"Seal", func() error { _, err := d.Seal(ctx, []byte("s"), nil); return err }},
-		{"Unseal", func() error { _, err := d.Unseal(ctx, b, nil); return err }},
-		{"Health", func() error { return d.Health(ctx) }},
-		{"Reopen", func() error { return d.Reopen(ctx) }},
-	}
-	for _, o := range ops {
-		t.Run(o.name, func(t *testing.T) {
-			if err := o.op(); !errors.Is(err, hsm.ErrDeviceUnavailable) || !strings.Contains(err.Error(), "closed") {
-				t.Errorf("%s after Close: %v, want hsm.ErrDeviceUnavailable (closed)", o.name, err)
-			}
-		})
-	}
-	if err := d.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
+	if err := d.Health(ctx); !errors.Is(err, hsm.ErrDeviceUnavailable) || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Health after Close: %v, want hsm.ErrDeviceUnavailable (closed)", err)
 	}
 }
 
-func TestDevice_ContextCanceled(t *testing.T) {
-	d := mustOpen(t, config(newToken(t), "k", true))
+// TestOpen_ContextCanceled: Open honours its context before loading the
+// library (the methods' cancellation is in the conformance suite).
+func TestOpen_ContextCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := d.Seal(ctx, []byte("s"), nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Seal: %v, want context.Canceled", err)
-	}
-	if _, err := d.Unseal(ctx, hsm.Blob{Kind: Kind, Data: make([]byte, 40)}, nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Unseal: %v, want context.Canceled", err)
-	}
-	if err := d.Health(ctx); !errors.Is(err, context.Canceled) {
-		t.Errorf("Health: %v, want context.Canceled", err)
-	}
 	if _, err := Open(ctx, Config{}, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("Open: %v, want context.Canceled", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"sync"
 
 	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/internal/atomicfile"
 )
 
 // Kind is the device kind recorded in blobs and reported as seal_type.
@@ -49,14 +50,23 @@ type Device struct {
 	key []byte // nil once closed; zeroed by Close
 }
 
+// Validate checks the seal "soft" block's key_file setting without touching
+// the file. Its errors are *hsm.SettingError. Open also checks it.
+func Validate(keyFile string) error {
+	if keyFile == "" {
+		return &hsm.SettingError{Setting: "key_file", Msg: "soft seal: no key file given; set key_file in the seal \"soft\" block, e.g. key_file = \"dev-seal.key\""}
+	}
+	return nil
+}
+
 // Open loads the 32-byte key from keyFile, or, when keyFile does not exist,
 // creates a new random key there (mode 0600, parent directories 0700, written
 // atomically so that a crash never leaves a half-written key). It refuses a
 // key file that group or others may access, that is not a regular file, or
 // that does not hold exactly 32 bytes.
 func Open(keyFile string) (*Device, error) {
-	if keyFile == "" {
-		return nil, errors.New("soft seal: no key file given; set key_file in the seal \"soft\" block")
+	if err := Validate(keyFile); err != nil {
+		return nil, err
 	}
 	key, err := loadKey(keyFile)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -104,8 +114,8 @@ func loadKey(path string) ([]byte, error) {
 	return buf[:KeySize:KeySize], nil
 }
 
-// createKey writes a new random key to path atomically: a temporary file in
-// the same directory, fsync, rename, fsync of the directory.
+// createKey writes a new random key to path atomically and durably
+// (internal/atomicfile).
 func createKey(path string) ([]byte, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -119,38 +129,14 @@ func createKey(path string) ([]byte, error) {
 		clear(key)
 		return nil, err
 	}
-	// os.CreateTemp creates the file with mode 0600.
-	tmp, err := os.CreateTemp(dir, ".soft-seal-key-*")
-	if err != nil {
-		return fail(fmt.Errorf("soft seal: cannot create key file: %w", err))
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName) // no-op after a successful rename
-	if _, err := tmp.Write(key); err != nil {
-		tmp.Close()
-		return fail(fmt.Errorf("soft seal: cannot write key file: %w", err))
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fail(fmt.Errorf("soft seal: cannot sync key file: %w", err))
-	}
-	if err := tmp.Close(); err != nil {
-		return fail(fmt.Errorf("soft seal: cannot write key file: %w", err))
-	}
-	// Link instead of rename: if another process created the key in the
-	// meantime, rename would replace it and orphan its blobs; link fails.
-	if err := os.Link(tmpName, path); err != nil {
+	// WriteNew, not Write: if another process created the key in the
+	// meantime, replacing it would orphan its blobs.
+	if err := atomicfile.WriteNew(path, key, 0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			clear(key)
 			return loadKey(path)
 		}
-		return fail(fmt.Errorf("soft seal: cannot install key file: %w", err))
-	}
-	if d, err := os.Open(dir); err == nil {
-		// Make the new directory entry durable; best effort on filesystems
-		// that do not support fsync on directories.
-		_ = d.Sync()
-		d.Close()
+		return fail(fmt.Errorf("soft seal: cannot write key file: %w", err))
 	}
 	return key, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/hsm/hsmtest"
 )
 
 func mustOpen(t *testing.T) (*Device, string) {
@@ -171,84 +172,41 @@ func TestSealUnseal(t *testing.T) {
 		t.Fatal("two seals reused a nonce")
 	}
 
+	// Refusals with soft's own layout (nonce || ciphertext || tag); the
+	// generic ones are in the conformance suite.
 	tampered := func(i int) hsm.Blob {
 		c := b
 		c.Data = bytes.Clone(b.Data)
 		c.Data[i] ^= 1
 		return c
 	}
-	tests := []struct {
-		name string
-		dev  *Device
-		blob hsm.Blob
-		aad  []byte
-		ok   bool
-	}{
-		{name: "round trip", dev: d, blob: b, aad: aad, ok: true},
-		{name: "wrong aad node", dev: d, blob: b, aad: hsm.SealAAD("cluster-1", "node2")},
-		{name: "nil aad", dev: d, blob: b, aad: nil},
-		{name: "tampered nonce", dev: d, blob: tampered(0), aad: aad},
-		{name: "tampered ciphertext", dev: d, blob: tampered(20), aad: aad},
-		{name: "tampered tag", dev: d, blob: tampered(len(b.Data) - 1), aad: aad},
-		{name: "truncated", dev: d, blob: hsm.Blob{Kind: "soft", Data: b.Data[:27]}, aad: aad},
-		{name: "empty", dev: d, blob: hsm.Blob{Kind: "soft"}, aad: aad},
-		{name: "other kind", dev: d, blob: hsm.Blob{Kind: "tpm", Data: b.Data}, aad: aad},
-		{name: "other key, key id kept", dev: other, blob: b, aad: aad},
-		{name: "other key, no key id", dev: other, blob: hsm.Blob{Kind: "soft", Data: b.Data}, aad: aad},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := tt.dev.Unseal(ctx, tt.blob, tt.aad)
-			if tt.ok {
-				if err != nil {
-					t.Fatalf("Unseal: %v", err)
-				}
-				if !bytes.Equal(got, secret) {
-					t.Fatal("Unseal returned another secret")
-				}
-				return
-			}
-			if err == nil {
-				t.Fatal("Unseal succeeded, want ErrUnsealFailed")
-			}
-			if !errors.Is(err, hsm.ErrUnsealFailed) {
-				t.Fatalf("Unseal error = %v, want it to wrap hsm.ErrUnsealFailed", err)
-			}
-			if got != nil {
-				t.Fatal("Unseal returned data alongside an error")
-			}
-		})
-	}
+	hsmtest.CheckRefusals(t, d, []hsmtest.Refusal{
+		{Name: "tampered nonce", Blob: tampered(0), AAD: aad},
+		{Name: "tampered ciphertext", Blob: tampered(20), AAD: aad},
+		{Name: "truncated below nonce and tag", Blob: hsm.Blob{Kind: "soft", Data: b.Data[:27]}, AAD: aad},
+	})
+	hsmtest.CheckRefusals(t, other, []hsmtest.Refusal{
+		{Name: "other key, key id kept", Blob: b, AAD: aad},
+		{Name: "other key, no key id", Blob: hsm.Blob{Kind: "soft", Data: b.Data}, AAD: aad},
+	})
 }
 
-func TestClose(t *testing.T) {
+// TestConformance runs the hsm.Device contract's suite on the soft device.
+func TestConformance(t *testing.T) {
+	open := func(t *testing.T) hsm.Device { d, _ := mustOpen(t); return d }
+	hsmtest.Run(t, hsmtest.Config{Open: open, Other: open})
+}
+
+// TestClose_ZeroesKey: Close zeroes the key (the rest of Close's contract
+// is in the conformance suite).
+func TestClose_ZeroesKey(t *testing.T) {
 	d, _ := mustOpen(t)
-	ctx := context.Background()
-	b, err := d.Seal(ctx, []byte("s"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Health(ctx); err != nil {
-		t.Fatalf("Health before Close: %v", err)
-	}
 	key := d.key
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(key, make([]byte, KeySize)) {
 		t.Error("Close did not zero the key")
-	}
-	if err := d.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
-	}
-	if _, err := d.Seal(ctx, []byte("s"), nil); !errors.Is(err, hsm.ErrDeviceUnavailable) {
-		t.Errorf("Seal after Close = %v, want ErrDeviceUnavailable", err)
-	}
-	if _, err := d.Unseal(ctx, b, nil); !errors.Is(err, hsm.ErrDeviceUnavailable) {
-		t.Errorf("Unseal after Close = %v, want ErrDeviceUnavailable", err)
-	}
-	if err := d.Health(ctx); !errors.Is(err, hsm.ErrDeviceUnavailable) {
-		t.Errorf("Health after Close = %v, want ErrDeviceUnavailable", err)
 	}
 }
 
@@ -260,42 +218,6 @@ func TestHealth_KeyFileGone(t *testing.T) {
 	if err := d.Health(context.Background()); !errors.Is(err, hsm.ErrDeviceUnavailable) {
 		t.Fatalf("Health = %v, want ErrDeviceUnavailable", err)
 	}
-}
-
-func TestCanceledContext(t *testing.T) {
-	d, _ := mustOpen(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := d.Seal(ctx, []byte("s"), nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Seal = %v, want context.Canceled", err)
-	}
-	if _, err := d.Unseal(ctx, hsm.Blob{Kind: Kind}, nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Unseal = %v, want context.Canceled", err)
-	}
-}
-
-func TestConcurrent(t *testing.T) {
-	d, _ := mustOpen(t)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; j < 50; j++ {
-				b, err := d.Seal(ctx, []byte("secret"), []byte("aad"))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if _, err := d.Unseal(ctx, b, []byte("aad")); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 func TestOpen_ConcurrentCreateAgrees(t *testing.T) {

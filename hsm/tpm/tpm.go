@@ -112,6 +112,7 @@ type target struct {
 
 // Validate checks cfg without touching the TPM, so that a configuration
 // error is reported when the configuration is loaded. Open also validates.
+// Its errors are *hsm.SettingError.
 func (c Config) Validate() error {
 	_, _, err := c.validate()
 	return err
@@ -120,31 +121,36 @@ func (c Config) Validate() error {
 func (c Config) validate() (target, []int, error) {
 	pcrs, err := normalisePCRs(c.PCRs)
 	if err != nil {
-		return target{}, nil, fmt.Errorf("tpm seal: pcrs: %v; list SHA-256 PCR indexes between 0 and %d, each once", err, maxPCR)
+		return target{}, nil, settingf("pcrs", "tpm seal: pcrs: %v; list SHA-256 PCR indexes between 0 and %d, each once", err, maxPCR)
 	}
 	switch {
 	case c.Device != "" && c.Address != "":
-		return target{}, nil, errors.New("tpm seal: both device and address are set; set device for a TPM (/dev/tpmrm0) or address for a simulator, not both")
+		return target{}, nil, settingf("address", "tpm seal: both device and address are set; set device for a TPM (/dev/tpmrm0) or address for a simulator, not both")
 	case c.Device != "":
 		return target{device: c.Device, display: c.Device}, pcrs, nil
 	case c.Address == "":
-		return target{}, nil, errors.New("tpm seal: neither device nor address is set; set device = \"/dev/tpmrm0\" (or address for a simulator) in the seal \"tpm\" block")
+		return target{}, nil, settingf("", "tpm seal: neither device nor address is set; set device = \"/dev/tpmrm0\" (or address for a simulator, \"127.0.0.1:2321\" or \"unix:/path\") in the seal \"tpm\" block")
 	case strings.HasPrefix(c.Address, "unix:"):
 		path := strings.TrimPrefix(c.Address, "unix:")
 		if path == "" {
-			return target{}, nil, fmt.Errorf("tpm seal: address %q names no socket path; write it as \"unix:/path/tpm.sock\"", c.Address)
+			return target{}, nil, settingf("address", "tpm seal: address %q names no socket path; write it as \"unix:/path/tpm.sock\"", c.Address)
 		}
 		return target{network: "unix", address: path, display: c.Address}, pcrs, nil
 	default:
 		host, port, err := net.SplitHostPort(c.Address)
 		if err != nil || host == "" {
-			return target{}, nil, fmt.Errorf("tpm seal: address %q is neither \"host:port\" nor \"unix:/path\"", c.Address)
+			return target{}, nil, settingf("address", "tpm seal: address %q is neither \"host:port\" nor \"unix:/path\"", c.Address)
 		}
 		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return target{}, nil, fmt.Errorf("tpm seal: address %q has an invalid port", c.Address)
+			return target{}, nil, settingf("address", "tpm seal: address %q has an invalid port", c.Address)
 		}
 		return target{network: "tcp", address: c.Address, display: c.Address}, pcrs, nil
 	}
+}
+
+// settingf is a Validate error about one setting of the seal "tpm" block.
+func settingf(setting, format string, args ...any) error {
+	return &hsm.SettingError{Setting: setting, Msg: fmt.Sprintf(format, args...)}
 }
 
 // srk is the storage root key loaded on the current connection.
@@ -155,7 +161,10 @@ type srk struct {
 	id     string // Blob.KeyID: hex of the SRK's name digest
 }
 
-var _ hsm.Device = (*Device)(nil)
+var (
+	_ hsm.Device   = (*Device)(nil)
+	_ hsm.Reopener = (*Device)(nil)
+)
 
 // Device is the TPM 2.0 seal device. It is safe for concurrent use: the TPM
 // executes one command at a time, so every method holds the device's lock

@@ -3,13 +3,11 @@ package tpm
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"net"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/coffer-kms/coffer/hsm"
+	"github.com/coffer-kms/coffer/hsm/hsmtest"
 	softhsmtest "github.com/coffer-kms/coffer/softhsm-test"
 )
 
@@ -63,35 +62,7 @@ func mustOpen(t testing.TB, addr string, pcrs ...int) *Device {
 	return d
 }
 
-func randomSecret(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func mustSeal(t testing.TB, d *Device, secret, aad []byte) hsm.Blob {
-	t.Helper()
-	b, err := d.Seal(context.Background(), secret, aad)
-	if err != nil {
-		t.Fatalf("Seal: %v", err)
-	}
-	return b
-}
-
-func mustUnseal(t testing.TB, d *Device, b hsm.Blob, aad, want []byte) {
-	t.Helper()
-	got, err := d.Unseal(context.Background(), b, aad)
-	if err != nil {
-		t.Fatalf("Unseal: %v", err)
-	}
-	defer clear(got)
-	if !bytes.Equal(got, want) {
-		t.Fatal("Unseal returned another secret")
-	}
-}
+var randomSecret = hsmtest.RandomBytes
 
 // closedAddr is a TCP address on which nothing listens.
 func closedAddr(t *testing.T) string {
@@ -132,7 +103,7 @@ func TestTPMDevice_SealUnseal(t *testing.T) {
 			}
 			secret := randomSecret(t, tt.size)
 			aad := hsm.SealAAD("cluster-1", "node-1")
-			b := mustSeal(t, d, secret, aad)
+			b := hsmtest.MustSeal(t, d, secret, aad)
 			if got, exp := b.Kind, Kind; got != exp {
 				t.Errorf("blob kind = %q, want %q", got, exp)
 			}
@@ -150,10 +121,10 @@ func TestTPMDevice_SealUnseal(t *testing.T) {
 			if len(tt.pcrs) > 0 && len(strings.Split(b.Meta[metaPCRValues], ",")) != len(tt.pcrs) {
 				t.Errorf("meta[%q] = %q, want one value per PCR", metaPCRValues, b.Meta[metaPCRValues])
 			}
-			mustUnseal(t, d, b, aad, secret)
+			hsmtest.MustUnseal(t, d, b, aad, secret)
 
 			// Fresh randomness: sealing the same secret twice differs.
-			b2 := mustSeal(t, d, secret, aad)
+			b2 := hsmtest.MustSeal(t, d, secret, aad)
 			if bytes.Equal(b.Data, b2.Data) {
 				t.Error("two seals of the same secret are identical")
 			}
@@ -180,16 +151,16 @@ func TestTPMDevice_Unseal_Refuses(t *testing.T) {
 	d := mustOpen(t, emu.Addr)
 	aad := hsm.SealAAD("cluster-1", "node-1")
 	secret := randomSecret(t, 32)
-	b := mustSeal(t, d, secret, aad)
+	b := hsmtest.MustSeal(t, d, secret, aad)
 
 	// A PCR-bound blob, for the meta tests.
 	d.pcrs = []int{16}
-	bp := mustSeal(t, d, secret, aad)
+	bp := hsmtest.MustSeal(t, d, secret, aad)
 	d.pcrs = nil
 
 	// A blob sealed by another TPM (other seeds, other SRK).
 	other := mustOpen(t, softhsmtest.StartSWTPM(t).Addr)
-	bo := mustSeal(t, other, secret, aad)
+	bo := hsmtest.MustSeal(t, other, secret, aad)
 
 	with := func(b hsm.Blob, f func(*hsm.Blob)) hsm.Blob {
 		b.Data = bytes.Clone(b.Data)
@@ -201,46 +172,26 @@ func TestTPMDevice_Unseal_Refuses(t *testing.T) {
 		f(&b)
 		return b
 	}
-	tests := []struct {
-		name    string
-		blob    hsm.Blob
-		aad     []byte
-		wantErr string
-	}{
-		{"other aad", b, hsm.SealAAD("cluster-1", "node-2"), "aad does not match"},
-		{"nil aad", b, nil, "aad does not match"},
-		{"other kind", with(b, func(b *hsm.Blob) { b.Kind = "soft" }), aad, `sealed by a "soft" device`},
-		{"other tpm", bo, aad, "sealed under TPM storage key"},
-		{"other tpm without key id", with(bo, func(b *hsm.Blob) { b.KeyID = "" }), aad, "does not load under this TPM's storage key"},
-		{"empty data", with(b, func(b *hsm.Blob) { b.Data = nil }), aad, "damaged"},
-		{"bad magic", with(b, func(b *hsm.Blob) { b.Data[0] ^= 1 }), aad, "bad magic"},
-		{"other version", with(b, func(b *hsm.Blob) { b.Data[4] = 2 }), aad, "layout version 2"},
-		{"truncated", with(b, func(b *hsm.Blob) { b.Data = b.Data[:len(b.Data)-1] }), aad, "truncated"},
-		{"trailing bytes", with(b, func(b *hsm.Blob) { b.Data = append(b.Data, 0) }), aad, "trailing"},
-		{"tampered private", with(b, func(b *hsm.Blob) { b.Data[len(b.Data)-5] ^= 1 }), aad, "does not load"},
-		{"pcr meta removed", with(bp, func(b *hsm.Blob) { delete(b.Meta, metaPCRs) }), aad, "requires a policy"},
-		{"pcr meta added", with(b, func(b *hsm.Blob) { b.Meta[metaPCRs] = "16" }), aad, "has no policy"},
-		{"pcr meta garbage", with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "sixteen" }), aad, "not a PCR list"},
-		{"pcr meta other pcr", with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "7" }), aad, "PCR policy"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := d.Unseal(context.Background(), tt.blob, tt.aad)
-			if err == nil {
-				clear(got)
-				t.Fatal("Unseal succeeded, want a refusal")
-			}
-			if !errors.Is(err, hsm.ErrUnsealFailed) {
-				t.Errorf("error %q does not wrap ErrUnsealFailed", err)
-			}
-			if !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("error %q does not contain %q", err, tt.wantErr)
-			}
-		})
-	}
+	hsmtest.CheckRefusals(t, d, []hsmtest.Refusal{
+		{Name: "other aad", Blob: b, AAD: hsm.SealAAD("cluster-1", "node-2"), WantErr: "aad does not match"},
+		{Name: "nil aad", Blob: b, AAD: nil, WantErr: "aad does not match"},
+		{Name: "other kind", Blob: with(b, func(b *hsm.Blob) { b.Kind = "soft" }), AAD: aad, WantErr: `sealed by a "soft" device`},
+		{Name: "other tpm", Blob: bo, AAD: aad, WantErr: "sealed under TPM storage key"},
+		{Name: "other tpm without key id", Blob: with(bo, func(b *hsm.Blob) { b.KeyID = "" }), AAD: aad, WantErr: "does not load under this TPM's storage key"},
+		{Name: "empty data", Blob: with(b, func(b *hsm.Blob) { b.Data = nil }), AAD: aad, WantErr: "damaged"},
+		{Name: "bad magic", Blob: with(b, func(b *hsm.Blob) { b.Data[0] ^= 1 }), AAD: aad, WantErr: "bad magic"},
+		{Name: "other version", Blob: with(b, func(b *hsm.Blob) { b.Data[4] = 2 }), AAD: aad, WantErr: "layout version 2"},
+		{Name: "truncated", Blob: with(b, func(b *hsm.Blob) { b.Data = b.Data[:len(b.Data)-1] }), AAD: aad, WantErr: "truncated"},
+		{Name: "trailing bytes", Blob: with(b, func(b *hsm.Blob) { b.Data = append(b.Data, 0) }), AAD: aad, WantErr: "trailing"},
+		{Name: "tampered private", Blob: with(b, func(b *hsm.Blob) { b.Data[len(b.Data)-5] ^= 1 }), AAD: aad, WantErr: "does not load"},
+		{Name: "pcr meta removed", Blob: with(bp, func(b *hsm.Blob) { delete(b.Meta, metaPCRs) }), AAD: aad, WantErr: "requires a policy"},
+		{Name: "pcr meta added", Blob: with(b, func(b *hsm.Blob) { b.Meta[metaPCRs] = "16" }), AAD: aad, WantErr: "has no policy"},
+		{Name: "pcr meta garbage", Blob: with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "sixteen" }), AAD: aad, WantErr: "not a PCR list"},
+		{Name: "pcr meta other pcr", Blob: with(bp, func(b *hsm.Blob) { b.Meta[metaPCRs] = "7" }), AAD: aad, WantErr: "PCR policy"},
+	})
 	// None of the refusals broke the device.
-	mustUnseal(t, d, b, aad, secret)
-	mustUnseal(t, d, bp, aad, secret)
+	hsmtest.MustUnseal(t, d, b, aad, secret)
+	hsmtest.MustUnseal(t, d, bp, aad, secret)
 }
 
 func TestTPMDevice_BlobSurvivesReopenAndRestart(t *testing.T) {
@@ -248,24 +199,24 @@ func TestTPMDevice_BlobSurvivesReopenAndRestart(t *testing.T) {
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(t, 32)
 	d := mustOpen(t, emu.Addr, 16)
-	b := mustSeal(t, d, secret, aad)
+	b := hsmtest.MustSeal(t, d, secret, aad)
 	d.Close()
 
 	t.Run("close and open", func(t *testing.T) {
 		d := mustOpen(t, emu.Addr, 16)
-		mustUnseal(t, d, b, aad, secret)
+		hsmtest.MustUnseal(t, d, b, aad, secret)
 		d.Close()
 	})
 	t.Run("swtpm restart", func(t *testing.T) {
 		emu.Restart(t)
 		d := mustOpen(t, emu.Addr, 16)
-		mustUnseal(t, d, b, aad, secret)
+		hsmtest.MustUnseal(t, d, b, aad, secret)
 	})
 	t.Run("swtpm restart while open", func(t *testing.T) {
 		// The connection is stale; the call reconnects and retries once.
 		d := mustOpen(t, emu.Addr, 16)
 		emu.Restart(t)
-		mustUnseal(t, d, b, aad, secret)
+		hsmtest.MustUnseal(t, d, b, aad, secret)
 		if err := d.Health(context.Background()); err != nil {
 			t.Fatalf("Health after reconnect: %v", err)
 		}
@@ -277,11 +228,11 @@ func TestTPMDevice_PCRPolicy(t *testing.T) {
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(t, 32)
 	d := mustOpen(t, emu.Addr, 16)
-	bound := mustSeal(t, d, secret, aad)
+	bound := hsmtest.MustSeal(t, d, secret, aad)
 	d.pcrs = []int{7, 16}
-	bound2 := mustSeal(t, d, secret, aad)
+	bound2 := hsmtest.MustSeal(t, d, secret, aad)
 	d.pcrs = nil
-	free := mustSeal(t, d, secret, aad)
+	free := hsmtest.MustSeal(t, d, secret, aad)
 	d.Close() // swtpm serves one client: release it for tpm2_pcrextend
 
 	emu.PCRExtend(t, 16, "a new boot loader")
@@ -317,15 +268,15 @@ func TestTPMDevice_PCRPolicy(t *testing.T) {
 		})
 	}
 	// A blob without a PCR policy is unaffected.
-	mustUnseal(t, d, free, aad, secret)
+	hsmtest.MustUnseal(t, d, free, aad, secret)
 	// Resealing binds to the new value.
-	mustUnseal(t, d, mustSeal(t, d, secret, aad), aad, secret)
+	hsmtest.MustUnseal(t, d, hsmtest.MustSeal(t, d, secret, aad), aad, secret)
 
 	// A restart resets the PCRs: the old blob opens again.
 	d.Close()
 	emu.Restart(t)
 	d = mustOpen(t, emu.Addr, 16)
-	mustUnseal(t, d, bound, aad, secret)
+	hsmtest.MustUnseal(t, d, bound, aad, secret)
 }
 
 func TestTPMDevice_Kill(t *testing.T) {
@@ -333,7 +284,7 @@ func TestTPMDevice_Kill(t *testing.T) {
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(t, 32)
 	d := mustOpen(t, emu.Addr)
-	b := mustSeal(t, d, secret, aad)
+	b := hsmtest.MustSeal(t, d, secret, aad)
 
 	emu.Kill()
 	ctx := context.Background()
@@ -365,7 +316,7 @@ func TestTPMDevice_Kill(t *testing.T) {
 	if err := d.Health(ctx); err != nil {
 		t.Fatalf("Health after Reopen: %v", err)
 	}
-	mustUnseal(t, d, b, aad, secret)
+	hsmtest.MustUnseal(t, d, b, aad, secret)
 
 	// Without Reopen: the next call after the restart reconnects by itself.
 	emu.Kill()
@@ -376,7 +327,7 @@ func TestTPMDevice_Kill(t *testing.T) {
 	if err := d.Health(ctx); err != nil {
 		t.Fatalf("Health after restart: %v", err)
 	}
-	mustUnseal(t, d, b, aad, secret)
+	hsmtest.MustUnseal(t, d, b, aad, secret)
 }
 
 func TestTPMOpen_Errors(t *testing.T) {
@@ -435,47 +386,38 @@ func TestTPMOpen_Errors(t *testing.T) {
 	}
 }
 
+// TestConformance runs the hsm.Device contract's suite on swtpm
+// simulators, one per device.
+func TestConformance(t *testing.T) {
+	open := func(t *testing.T) hsm.Device { return mustOpen(t, softhsmtest.StartSWTPM(t).Addr, 16) }
+	hsmtest.Run(t, hsmtest.Config{Open: open, Other: open, Goroutines: 4, Rounds: 3})
+}
+
+// TestTPMDevice_Closed: Close releases the simulator, so that another
+// client gets it at once, and errors after Close say "closed" (the rest
+// of Close's contract is in the conformance suite).
 func TestTPMDevice_Closed(t *testing.T) {
 	emu := softhsmtest.StartSWTPM(t)
 	d := mustOpen(t, emu.Addr)
-	b := mustSeal(t, d, []byte("root key"), nil)
+	b := hsmtest.MustSeal(t, d, []byte("root key"), nil)
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := d.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
+	if err := d.Health(context.Background()); !errors.Is(err, hsm.ErrDeviceUnavailable) || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Health after Close: %v, want ErrDeviceUnavailable (closed)", err)
 	}
-	ctx := context.Background()
-	for name, err := range map[string]error{
-		"seal":   func() error { _, err := d.Seal(ctx, []byte("x"), nil); return err }(),
-		"unseal": func() error { _, err := d.Unseal(ctx, b, nil); return err }(),
-		"health": d.Health(ctx),
-		"reopen": d.Reopen(ctx),
-	} {
-		if !errors.Is(err, hsm.ErrDeviceUnavailable) || !strings.Contains(err.Error(), "closed") {
-			t.Errorf("%s after Close: %v, want ErrDeviceUnavailable (closed)", name, err)
-		}
-	}
-	// Close released the emulator: another client gets it at once.
 	d2 := mustOpen(t, emu.Addr)
-	mustUnseal(t, d2, b, nil, []byte("root key"))
+	hsmtest.MustUnseal(t, d2, b, nil, []byte("root key"))
 }
 
+// TestTPMDevice_Context: cancelled in the middle of an operation, the call
+// fails with the cancellation and the device recovers without leaking
+// objects (a cancelled context before the call is in the conformance
+// suite).
 func TestTPMDevice_Context(t *testing.T) {
 	emu := softhsmtest.StartSWTPM(t)
 	d := mustOpen(t, emu.Addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := d.Seal(ctx, []byte("x"), nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Seal with a cancelled context: %v", err)
-	}
-	if err := d.Health(ctx); !errors.Is(err, context.Canceled) {
-		t.Errorf("Health with a cancelled context: %v", err)
-	}
-
-	// Cancelled in the middle of an operation: the call fails with the
-	// cancellation, and the device recovers.
-	b := mustSeal(t, d, []byte("root key"), nil)
+	b := hsmtest.MustSeal(t, d, []byte("root key"), nil)
 	for n := 1; n <= 8; n++ {
 		ctx, cancel := context.WithCancel(context.Background())
 		sent := 0
@@ -495,10 +437,10 @@ func TestTPMDevice_Context(t *testing.T) {
 			t.Errorf("cancelled after command %d: %v, want context.Canceled", n, err)
 		}
 	}
-	mustUnseal(t, d, b, nil, []byte("root key"))
+	hsmtest.MustUnseal(t, d, b, nil, []byte("root key"))
 	// Nothing leaked: swtpm has three object slots; many loads still work.
 	for range 5 {
-		mustUnseal(t, d, b, nil, []byte("root key"))
+		hsmtest.MustUnseal(t, d, b, nil, []byte("root key"))
 	}
 }
 
@@ -521,48 +463,7 @@ func TestTPMDevice_FlushesLeftoversOfCrashedClient(t *testing.T) {
 	c.close()
 
 	d := mustOpen(t, emu.Addr, 16)
-	mustUnseal(t, d, mustSeal(t, d, []byte("root key"), nil), nil, []byte("root key"))
-}
-
-func TestTPMDevice_Concurrent(t *testing.T) {
-	emu := softhsmtest.StartSWTPM(t)
-	d := mustOpen(t, emu.Addr, 16)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for i := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx := context.Background()
-			aad := hsm.SealAAD("c", strconv.Itoa(i))
-			for j := range 3 {
-				secret := []byte{byte(i), byte(j)}
-				b, err := d.Seal(ctx, secret, aad)
-				if err != nil {
-					errs <- err
-					return
-				}
-				got, err := d.Unseal(ctx, b, aad)
-				if err != nil {
-					errs <- err
-					return
-				}
-				if !bytes.Equal(got, secret) {
-					errs <- errors.New("unsealed another secret")
-					return
-				}
-				if err := d.Health(ctx); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	hsmtest.MustUnseal(t, d, hsmtest.MustSeal(t, d, []byte("root key"), nil), nil, []byte("root key"))
 }
 
 func (d *Device) setTap(f func(cmd, rsp []byte)) {
@@ -608,8 +509,8 @@ func TestTPMDevice_EncryptedSessions(t *testing.T) {
 				defer mu.Unlock()
 				wire = append(wire, exchange{bytes.Clone(cmd), bytes.Clone(rsp)})
 			})
-			b := mustSeal(t, d, secret, nil)
-			mustUnseal(t, d, b, nil, secret)
+			b := hsmtest.MustSeal(t, d, secret, nil)
+			hsmtest.MustUnseal(t, d, b, nil, secret)
 			d.setTap(nil)
 
 			seen := map[tpm2.TPMCC]int{}
@@ -737,7 +638,7 @@ func benchmarkUnseal(b *testing.B, pcrs ...int) {
 	d := mustOpen(b, emu.Addr, pcrs...)
 	aad := hsm.SealAAD("c", "n")
 	secret := randomSecret(b, 32)
-	blob := mustSeal(b, d, secret, aad)
+	blob := hsmtest.MustSeal(b, d, secret, aad)
 	ctx := context.Background()
 	for b.Loop() {
 		got, err := d.Unseal(ctx, blob, aad)
@@ -800,8 +701,8 @@ func TestTPMDevice_UnixSocket(t *testing.T) {
 
 	d := mustOpen(t, "unix:"+sock, 7)
 	secret := randomSecret(t, 32)
-	b := mustSeal(t, d, secret, nil)
-	mustUnseal(t, d, b, nil, secret)
+	b := hsmtest.MustSeal(t, d, secret, nil)
+	hsmtest.MustUnseal(t, d, b, nil, secret)
 
 	// The simulator restarts: the stale connection is replaced on the next call.
 	stop()
@@ -809,7 +710,7 @@ func TestTPMDevice_UnixSocket(t *testing.T) {
 		t.Fatalf("Health with swtpm gone: %v", err)
 	}
 	stop = start()
-	mustUnseal(t, d, b, nil, secret)
+	hsmtest.MustUnseal(t, d, b, nil, secret)
 }
 
 func TestTPMOpen_BusySimulator(t *testing.T) {

@@ -1,4 +1,4 @@
-package daemon
+package seal
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
-	p11 "github.com/miekg/pkcs11"
 
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/hsm"
@@ -18,12 +17,6 @@ import (
 	"github.com/coffer-kms/coffer/hsm/soft"
 	"github.com/coffer-kms/coffer/hsm/tpm"
 )
-
-// reopener is the optional capability of devices that can drop their
-// connection and find the device again (a replaced token, a restarted TPM).
-type reopener interface {
-	Reopen(ctx context.Context) error
-}
 
 // sealDevice is the node's configured seal device. The device may fail to
 // open at start (token missing, TPM gone): the node then starts sealed with
@@ -156,7 +149,7 @@ func (d *sealDevice) reopen(ctx context.Context) (hsm.Device, error) {
 	pinRefused := isPINRefusal(d.err)
 	d.mu.Unlock()
 	if dev != nil {
-		if r, ok := dev.(reopener); ok && !pinRefused {
+		if r, ok := dev.(hsm.Reopener); ok && !pinRefused {
 			err := r.Reopen(ctx)
 			d.mu.Lock()
 			d.err = err
@@ -178,14 +171,7 @@ func (d *sealDevice) reopen(ctx context.Context) (hsm.Device, error) {
 
 // isPINRefusal reports whether err says the token refused the PIN, which
 // trying again cannot fix and may make worse.
-func isPINRefusal(err error) bool {
-	for _, c := range []uint{p11.CKR_PIN_INCORRECT, p11.CKR_PIN_INVALID, p11.CKR_PIN_LEN_RANGE, p11.CKR_PIN_LOCKED} {
-		if errors.Is(err, p11.Error(c)) {
-			return true
-		}
-	}
-	return false
-}
+func isPINRefusal(err error) bool { return errors.Is(err, hsm.ErrPINRefused) }
 
 // checkHealth asks the device whether it is usable and remembers the answer
 // for status and health.

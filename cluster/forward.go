@@ -1,0 +1,155 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Forwarding writes: a follower sends a command to the leader (/rpc/apply)
+// and waits until it has applied it itself.
+
+func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
+	cmd, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRPCBody))
+	if err != nil {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: err.Error()})
+		return
+	}
+	if err := n.cfg.Codec.Validate(cmd); err != nil {
+		n.log.Warn("refusing a forwarded command that cannot be applied", "error", err)
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "invalid command: " + err.Error()})
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	// Only commands authenticated by the keyring enter the log (trust.go):
+	// a sealed leader cannot tell, so it hands leadership over and the
+	// follower retries with the next leader.
+	if n.leaderSealed() {
+		n.handOff()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader})
+		return
+	}
+	if v, ok := n.cfg.FSM.(CommandVerifier); ok {
+		if err := v.VerifyCommand(cmd); err != nil {
+			p, _ := peerOfRequest(r)
+			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "command refused: " + err.Error()})
+			writeRPC(w, http.StatusForbidden, applyResponse{Error: "command refused: " + err.Error()})
+			return
+		}
+	}
+	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		// Only ErrNotLeader means the entry was never appended, so that the
+		// follower may send it again. After ErrLeadershipLost the entry may
+		// still be committed by the next leader: sending it again could
+		// apply it twice (a rotation would add two versions).
+		if errors.Is(err, raft.ErrNotLeader) {
+			addr, _ := n.raft.LeaderWithID()
+			writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+			return
+		}
+		writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
+		return
+	}
+	resp := n.cfg.Codec.EncodeResponse(f.Response())
+	n.auditForwarded(r, cmd, resp)
+	writeRPC(w, http.StatusOK, applyResponse{Response: resp, Index: f.Index()})
+}
+
+// whileLeader returns a context that ends with ctx, or as soon as this node
+// stops seeing addr as the leader (an election started or ended elsewhere):
+// a call to a leader that froze or was cut off then gives up within about an
+// election timeout instead of waiting for ctx's deadline.
+func (n *Node) whileLeader(ctx context.Context, addr raft.ServerAddress) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-c.Done():
+				return
+			case <-t.C:
+				if a, _ := n.raft.LeaderWithID(); a != addr {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return c, cancel
+}
+
+// forward sends a command to the leader and waits until this node has
+// applied it too, so that a client reads its own write from any node.
+func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
+	for {
+		addr, _ := n.raft.LeaderWithID()
+		if addr == "" {
+			if err := n.WaitLeader(ctx); err != nil {
+				return nil, ErrNoLeader
+			}
+			continue
+		}
+		if n.raft.State() == raft.Leader {
+			return n.applyLocal(ctx, cmd)
+		}
+		callCtx, cancel := n.whileLeader(ctx, addr)
+		out, status, err := n.call(callCtx, string(addr), "/rpc/apply", cmd)
+		cancel()
+		if err != nil {
+			if notSent(err) && ctx.Err() == nil {
+				n.log.Debug("cannot reach the leader; retrying", "leader", addr, "error", err)
+				if !sleepCtx(ctx, 100*time.Millisecond) {
+					return nil, ErrNoLeader
+				}
+				continue
+			}
+			// The leader may have received the command and committed it:
+			// sending it again could apply it twice, so the outcome is
+			// unknown to the caller.
+			return nil, fmt.Errorf("%w: the leader (%s) did not answer; the write may or may not have been applied, read before retrying", ErrNoLeader, addr)
+		}
+		switch {
+		case status == http.StatusMisdirectedRequest && out.Error == errNotLeader:
+			if !sleepCtx(ctx, 50*time.Millisecond) {
+				return nil, ErrNoLeader
+			}
+			continue
+		case status == http.StatusBadRequest:
+			// A bug on this side, not a cluster problem: say so.
+			return nil, fmt.Errorf("the leader refused the command: %s", out.Error)
+		case out.Error != "":
+			return nil, fmt.Errorf("%w: %s", ErrNoLeader, out.Error)
+		}
+		if err := n.waitApplied(ctx, out.Index); err != nil {
+			return nil, err
+		}
+		return n.cfg.Codec.DecodeResponse(out.Response), nil
+	}
+}
+
+// auditForwarded reports a forwarded write the leader committed.
+func (n *Node) auditForwarded(r *http.Request, cmd []byte, resp string) {
+	if n.cfg.OnForwarded == nil {
+		return
+	}
+	p, _ := peerOfRequest(r)
+	fw := Forwarded{NodeID: p.id, Origin: originOf(r), Outcome: "ok"}
+	if resp != "" {
+		fw.Outcome = clip(resp)
+	}
+	if d, ok := n.cfg.FSM.(Describer); ok {
+		fw.Op, fw.Path = d.Describe(cmd)
+	}
+	n.cfg.OnForwarded(fw)
+}

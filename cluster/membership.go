@@ -1,0 +1,161 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Membership over the node-to-node RPC: a node asks a member to add it
+// (Join, /rpc/join), and the leader adds or removes voters.
+
+type joinRequest struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	// Token is the enrolment token (needed once the cluster is
+	// initialised, for a node id that is not a member at this address).
+	Token string `json:"token,omitempty"`
+}
+
+func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
+	var req joinRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.ID == "" || req.Address == "" {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "join needs the node id and its cluster address"})
+		return
+	}
+	// A node joins as itself: the id must be the one its certificate names,
+	// or any certificate holder could take over (remove and replace) a
+	// member by naming its id.
+	p, err := peerOfRequest(r)
+	if err != nil || p.id != req.ID {
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: fmt.Sprintf("join as %q with a certificate for %q", req.ID, p.id)})
+		writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("a node may join only as the node its certificate names (%q), not %q", p.id, req.ID)})
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	// Admitting a node after init is an authenticated write (the token is
+	// used up): a sealed leader hands over and the joiner retries.
+	if n.leaderSealed() {
+		n.handOff()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader})
+		return
+	}
+	// One join at a time: two joiners must not both pass the address
+	// check before either is added.
+	n.joinOnce.Lock()
+	defer n.joinOnce.Unlock()
+	if status, err := n.joinAuth(r.Context(), p, req.ID, req.Address, req.Token); err != nil {
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: err.Error()})
+		out := applyResponse{Error: err.Error()}
+		if errors.Is(err, ErrInvalidToken) {
+			out.Code = codeInvalidToken
+		}
+		writeRPC(w, status, out)
+		return
+	}
+	if err := n.addVoter(req.ID, req.Address); err != nil {
+		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
+		return
+	}
+	n.log.Info("node joined the cluster", "node-id", req.ID, "address", req.Address)
+	if n.cfg.OnMembership != nil {
+		n.cfg.OnMembership("join", req.ID, req.Address)
+	}
+	writeRPC(w, http.StatusOK, applyResponse{Index: n.raft.LastIndex()})
+}
+
+func (n *Node) rpcRemove(w http.ResponseWriter, r *http.Request) {
+	id, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 256))
+	if err != nil || len(id) == 0 {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "remove needs a node id"})
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		addr, _ := n.raft.LeaderWithID()
+		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		return
+	}
+	// A removal is carried out only once its revocation is committed in
+	// the replicated state (RemovePeer does that first): a member's
+	// certificate alone cannot remove others.
+	if n.cfg.Trust != nil {
+		if !n.cfg.Trust.RemovalCommitted(string(id)) {
+			writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("node %s is not revoked in the replicated state: remove it with `coffer operator raft remove-peer %s`", id, id)})
+			return
+		}
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
+		return
+	}
+	n.log.Info("node removed from the cluster", "node-id", string(id))
+	if n.cfg.OnMembership != nil {
+		n.cfg.OnMembership("remove", string(id), "")
+	}
+	writeRPC(w, http.StatusOK, applyResponse{})
+}
+
+// addVoter adds (or re-adds at a new address) a voter. The leader only,
+// after joinAuth admitted it (which refuses another member's address).
+func (n *Node) addVoter(id, addr string) error {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if s.ID == raft.ServerID(id) && s.Address == raft.ServerAddress(addr) {
+			return nil // already a member: joining twice is harmless
+		}
+		if s.ID == raft.ServerID(id) {
+			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
+				return fmt.Errorf("replacing member %s: %w", s.ID, err)
+			}
+		}
+	}
+	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error()
+}
+
+// Join asks the cluster member at addr (any member: a follower passes the
+// request on) to add this node as a voter.
+func (n *Node) Join(ctx context.Context, addr, token string) error {
+	if n.cfg.Net == nil {
+		return errors.New("this node has no cluster block in its config: add one (addr, TLS files) and restart it before joining")
+	}
+	body, _ := json.Marshal(joinRequest{ID: n.cfg.NodeID, Address: n.cfg.Net.AdvertiseAddr, Token: token})
+	for attempt := 0; attempt < 10; attempt++ {
+		out, status, err := n.call(ctx, addr, "/rpc/join", body)
+		if err != nil {
+			return fmt.Errorf("cannot reach %s over mutual TLS: %w (check the address, that both nodes' certificates come from the same CA, and the firewall)", addr, err)
+		}
+		switch {
+		case status == http.StatusOK:
+			return nil
+		case out.Error == errNotLeader && out.Leader != "":
+			addr = out.Leader
+			continue
+		case out.Error == errNotLeader:
+			if !sleepCtx(ctx, 200*time.Millisecond) {
+				return ErrNoLeader
+			}
+			continue
+		case out.Code == codeInvalidToken:
+			return &tokenError{out.Error}
+		case status == http.StatusForbidden:
+			return fmt.Errorf("%w: %s", ErrForbidden, out.Error)
+		}
+		return fmt.Errorf("the leader refused the join: %s", out.Error)
+	}
+	return ErrNoLeader
+}
+
+const codeInvalidToken = "invalid_token"
