@@ -133,6 +133,7 @@ func (e *env) newApp() *ucli.App {
 			e.rewrapCommand(),
 			e.datakeyCommand(),
 			e.policyCommand(),
+			e.secretCommand(),
 			e.tlsCommand(),
 			e.auditCommand(),
 			e.benchCommand(),

@@ -374,6 +374,8 @@ func operationFor(method, path string) string {
 		if keyActions[action] {
 			return action
 		}
+	case "secrets":
+		return secretOperation(method, rest)
 	case "policies":
 		if rest == "" {
 			return "policy-list"

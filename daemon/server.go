@@ -49,6 +49,9 @@ type Options struct {
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
+	// Now is the clock of the keystore and the scheduler (default
+	// time.Now); tests move it to pass deletion windows.
+	Now func() time.Time
 }
 
 // Server is one running cofferd node.
@@ -86,6 +89,7 @@ type Server struct {
 
 	schedInterval  time.Duration
 	deviceInterval time.Duration
+	now            func() time.Time
 	ln             net.Listener
 	http           *http.Server
 	stop           chan struct{}
@@ -126,6 +130,10 @@ func New(opts Options) (*Server, error) {
 		reqPrefix:     hex.EncodeToString(pfx),
 		schedInterval: opts.SchedulerInterval,
 		stop:          make(chan struct{}),
+		now:           opts.Now,
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	if s.schedInterval == 0 {
 		s.schedInterval = 30 * time.Second
@@ -141,6 +149,7 @@ func New(opts Options) (*Server, error) {
 	s.ks = keystore.New(keystore.Config{
 		Proposer: prop,
 		Logger:   log.Named("keystore"),
+		Now:      s.now,
 		OnPolicies: func(m map[string]api.Policy) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
@@ -492,7 +501,7 @@ func (s *Server) runSchedule() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	now := time.Now()
+	now := s.now()
 	for _, name := range s.ks.DueRotations(now) {
 		ok, err := s.ks.RotateIfDue(ctx, name)
 		if err != nil {
@@ -515,6 +524,7 @@ func (s *Server) runSchedule() {
 			s.auditEvent(&audit.Entry{Operation: "purge", Key: name, Detail: map[string]string{"reason": "deletion_date"}})
 		}
 	}
+	s.purgeSecrets(ctx, now)
 }
 
 // Status returns the node's status, as GET /v1/sys/status answers it.

@@ -35,6 +35,12 @@ type testNode struct {
 // startNode runs a Server on a real unix socket in a temp dir.
 func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testNode {
 	t.Helper()
+	return startNodeOpts(t, dataDir, mutate, nil)
+}
+
+// startNodeOpts is startNode with a hook on the server's Options.
+func startNodeOpts(t testing.TB, dataDir string, mutate func(*config.Config), opts func(*Options)) *testNode {
+	t.Helper()
 	sockDir, err := os.MkdirTemp("", "coffer-t")
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +56,11 @@ func startNode(t testing.TB, dataDir string, mutate func(*config.Config)) *testN
 	}
 	logs := &bytes.Buffer{}
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: &syncWriter{w: logs}})
-	srv, err := New(Options{Config: cfg, Logger: log, Version: "test", SchedulerInterval: 50 * time.Millisecond})
+	o := Options{Config: cfg, Logger: log, Version: "test", SchedulerInterval: 50 * time.Millisecond}
+	if opts != nil {
+		opts(&o)
+	}
+	srv, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
