@@ -134,6 +134,7 @@ func (e *env) newApp() *ucli.App {
 			e.datakeyCommand(),
 			e.policyCommand(),
 			e.secretCommand(),
+			e.runCommand(),
 			e.tlsCommand(),
 			e.auditCommand(),
 			e.benchCommand(),
