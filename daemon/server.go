@@ -91,6 +91,7 @@ type Server struct {
 	deviceInterval time.Duration
 	now            func() time.Time
 	ln             net.Listener
+	creds          *credServer // the credential socket, if configured (credentials.go)
 	http           *http.Server
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
@@ -414,6 +415,9 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
+	if err := s.startCredentials(); err != nil {
+		return err
+	}
 	s.every(s.schedInterval, s.runSchedule)
 	if s.seal != nil {
 		s.every(s.deviceInterval, s.checkDevice)
@@ -448,6 +452,7 @@ func (s *Server) Close() error {
 			s.http.Shutdown(ctx)
 			cancel()
 		}
+		s.stopCredentials()
 		s.wg.Wait()
 		s.ks.Seal()
 		s.resetProgress()

@@ -66,6 +66,8 @@ type Config struct {
 	Seal *SealConfig
 	// KMSv2 is nil when the Kubernetes KMS v2 plugin socket is off.
 	KMSv2 *KMSv2Config
+	// Credentials is nil when the systemd LoadCredential= socket is off.
+	Credentials *CredentialsConfig
 	// Audit is nil when the file has no audit block; the daemon then picks
 	// its default location.
 	Audit *AuditConfig
@@ -260,6 +262,9 @@ func (c *Config) resolvePaths(base string) {
 	if c.KMSv2 != nil {
 		abs(&c.KMSv2.Path)
 	}
+	if c.Credentials != nil {
+		abs(&c.Credentials.Path)
+	}
 	if c.Audit != nil {
 		abs(&c.Audit.Path)
 	}
@@ -339,6 +344,9 @@ func (c *Config) Validate() error {
 		if !api.ValidName(k.Key) {
 			return c.errAt("kms_v2.key", "kms_v2.key %q is not a valid key name; use letters, digits, '.', '_' and '-', starting with a letter or digit", k.Key)
 		}
+	}
+	if err := c.validateCredentials(); err != nil {
+		return err
 	}
 	return c.validateAudit()
 }
