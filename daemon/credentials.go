@@ -125,6 +125,9 @@ func (s *Server) serveCredential(conn net.Conn) {
 	if peer.UserUnit && peer.Unit != "" {
 		e.Caller.Unit = "user:" + peer.Unit
 	}
+	if peer.Comm != "" {
+		e.Detail["comm"] = truncate(peer.Comm)
+	}
 	req, err := auth.ParseCredentialAddress(peer.Address)
 	if err != nil {
 		e.Detail["address"] = truncate(strconv.Quote(peer.Address))
@@ -186,7 +189,7 @@ func (s *Server) serveCredential(conn net.Conn) {
 		s.log.Warn("credential delivery cut short", "unit", req.Unit, "credential-id", req.ID, "error", err)
 		return
 	}
-	s.log.Info("credential delivered", "unit", req.Unit, "credential-id", req.ID, "version", sv.Version)
+	s.log.Info("credential delivered", "unit", req.Unit, "credential-id", req.ID, "version", sv.Version, "peer-pid", peer.PID, "peer-comm", peer.Comm)
 }
 
 // refuseCredential audits a refusal, logs it and ends the connection

@@ -73,6 +73,9 @@ type CredentialPeer struct {
 	// was still alive after the read; "" if it has none or cannot be told.
 	Unit     string
 	UserUnit bool
+	// Comm is the peer's command name (/proc/PID/comm), for the audit
+	// log: under systemd 252 it is the unit's forked child, not PID 1.
+	Comm string
 }
 
 // peerAddress returns the peer's unix socket address exactly as the kernel
@@ -176,11 +179,14 @@ func IdentifyCredentialPeer(c net.Conn) (*CredentialPeer, error) {
 		pidfd = fd
 	}
 	defer unix.Close(pidfd)
-	data, err := os.ReadFile(procRootForCred + "/" + strconv.Itoa(int(cred.Pid)) + "/cgroup")
+	dir := procRootForCred + "/" + strconv.Itoa(int(cred.Pid))
+	data, err := os.ReadFile(dir + "/cgroup")
+	comm, _ := os.ReadFile(dir + "/comm")
 	if err != nil || pidfdExited(pidfd) {
 		return p, nil
 	}
 	p.Unit, p.UserUnit = UnitFromCgroup(data)
+	p.Comm = strings.TrimSpace(string(comm))
 	return p, nil
 }
 
