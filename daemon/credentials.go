@@ -27,9 +27,10 @@ import (
 // credential, and it starts. What makes systemd fail the start is a read
 // error, and its read fails (E2BIG) once more than CREDENTIAL_SIZE_MAX
 // (1 MiB) arrives. So a refusal sends credentialRefusalBytes zero bytes —
-// never a value, never anything shorter — then closes. (Measured on
-// systemd 252 in TestE2E_SystemdCredentials: with no byte the unit starts
-// with an empty file.)
+// never a value, never anything shorter — then closes. Measured on systemd
+// 252 (TestE2E_SystemdCredentials, with a stand-in socket): no byte → the
+// unit starts with an empty credential; more than 1 MiB → "Failed to set
+// up credentials: Protocol error", status 243/CREDENTIALS, no start.
 const (
 	credentialSizeMax      = 1 << 20
 	credentialRefusalBytes = credentialSizeMax + 64<<10
@@ -42,10 +43,9 @@ const (
 	maxCredentialConns = 64
 )
 
-// credentialRefusalMode says how a refusal ends the connection: "oversize"
-// (the default, see above) or "close" (no byte at all). The systemd
-// end-to-end test switches it to show that "close" lets the unit start.
-var credentialRefusalMode = "oversize"
+// credentialRefusalMode names how a refusal ends the connection, for the
+// audit entry's detail.refusal: "oversize" (see above).
+const credentialRefusalMode = "oversize"
 
 type credServer struct {
 	ln  net.Listener
@@ -211,9 +211,6 @@ var zeroChunk = make([]byte, 64<<10)
 // refuseConn ends a refused connection so that systemd fails the unit's
 // start: see credentialRefusalMode.
 func refuseConn(conn net.Conn) {
-	if credentialRefusalMode != "oversize" {
-		return
-	}
 	for sent := 0; sent < credentialRefusalBytes; sent += len(zeroChunk) {
 		if _, err := conn.Write(zeroChunk); err != nil {
 			return // the peer gave up reading: it failed already
