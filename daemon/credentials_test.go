@@ -54,6 +54,21 @@ func TestCredentialHelper(t *testing.T) {
 	}
 	// Wait for the go-ahead (the parent moves us into a cgroup first).
 	bufio.NewReader(os.Stdin).ReadString('\n')
+	if n, _ := strconv.Atoi(os.Getenv("COFFER_CRED_HELPER_N")); n > 0 {
+		// Rate mode: n fetches in a row, one connection each, as systemd
+		// makes them.
+		start := time.Now()
+		_, rest, _ := strings.Cut(os.Getenv("COFFER_CRED_HELPER_ADDR"), "/")
+		for i := 0; i < n; i++ {
+			// A fresh random part per connection, as systemd binds.
+			addr := fmt.Sprintf("@%x/%s", uint64(os.Getpid())<<32|uint64(i), rest)
+			if _, err := credentialFetch(sock, addr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		json.NewEncoder(os.Stdout).Encode(map[string]any{"n": n, "seconds": time.Since(start).Seconds()})
+		return
+	}
 	data, err := credentialFetch(sock, os.Getenv("COFFER_CRED_HELPER_ADDR"))
 	res := map[string]any{"n": len(data), "zero": len(bytes.Trim(data, "\x00")) == 0, "data": data}
 	if err != nil {
@@ -289,4 +304,61 @@ func copyTestBinary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return bin
+}
+
+// TestCredentialDeliveryRate measures deliveries per second on the
+// credential socket (one connection each, as systemd makes them) from
+// helper processes in a unit's cgroup. Set COFFER_BENCH=1 to run it;
+// COFFER_BENCH_PARALLEL helpers run at once (default 1).
+func TestCredentialDeliveryRate(t *testing.T) {
+	if os.Getenv("COFFER_BENCH") != "1" || os.Getuid() != 0 {
+		t.Skip("a benchmark: COFFER_BENCH=1, as root")
+	}
+	sockDir, _ := os.MkdirTemp("", "coffer-cred")
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	credSock := filepath.Join(sockDir, "cred.sock")
+	n := startNode(t, t.TempDir(), func(c *config.Config) {
+		c.Credentials = &config.CredentialsConfig{Path: credSock}
+		c.LogLevel = "info"
+	})
+	n.init(1, 1)
+	n.must("PUT", "/v1/secrets/db-password", map[string]any{"value": b64("0123456789abcdef0123456789abcdef")}, nil, 200)
+	n.must("PUT", "/v1/policies/bench", api.Policy{Subjects: api.Subjects{Units: []string{"coffer-cred-bench.service"}},
+		Secrets: []string{"db-password"}, Operations: []string{"secret_read"}}, nil, 200)
+	bin := copyTestBinary(t)
+	cg := unitCgroup(t, "coffer-cred-bench.service")
+	par, _ := strconv.Atoi(os.Getenv("COFFER_BENCH_PARALLEL"))
+	par = max(par, 1)
+	const per = 2000
+	start := time.Now()
+	errc := make(chan error, par)
+	for i := 0; i < par; i++ {
+		go func() {
+			cmd := exec.Command(bin, "-test.run=^TestCredentialHelper$")
+			cmd.Env = append(os.Environ(), "COFFER_CRED_HELPER_SOCKET="+credSock,
+				"COFFER_CRED_HELPER_ADDR=@abc/unit/coffer-cred-bench.service/db-password", "COFFER_CRED_HELPER_N="+strconv.Itoa(per))
+			stdin, _ := cmd.StdinPipe()
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				errc <- err
+				return
+			}
+			os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0)
+			stdin.Write([]byte("go\n"))
+			stdin.Close()
+			if err := cmd.Wait(); err != nil {
+				errc <- fmt.Errorf("%v: %s", err, out.String())
+				return
+			}
+			errc <- nil
+		}()
+	}
+	for i := 0; i < par; i++ {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	el := time.Since(start)
+	t.Logf("%d deliveries by %d helper(s) in %v: %.0f deliveries/s (each audited)", per*par, par, el.Round(time.Millisecond), float64(per*par)/el.Seconds())
 }
