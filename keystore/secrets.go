@@ -385,6 +385,9 @@ func (ks *Keystore) UpdateSecretMetadata(ctx context.Context, name string, maxVe
 		if cur == nil {
 			return nil, false, secretNotFound(name)
 		}
+		if cur.DeletionDate != nil {
+			return nil, false, secretPending(name, cur.DeletionDate)
+		}
 		cur.MaxVersions = maxVersions
 		cur.UpdatedAt = ks.cfg.Now().UTC()
 		cur.trim()

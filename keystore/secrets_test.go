@@ -139,6 +139,7 @@ func TestSecretDeletionWindowRestorePurge(t *testing.T) {
 	ks := newKS(t, clk)
 	mustInit(t, ks)
 	ctx := context.Background()
+	putS(t, ks, "s", "old", nil)
 	putS(t, ks, "s", "value", nil)
 	if _, err := ks.DeleteSecret(ctx, "s", time.Hour); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("1h window: %v", err)
@@ -155,6 +156,12 @@ func TestSecretDeletionWindowRestorePurge(t *testing.T) {
 	}
 	if _, err := ks.SecretMetadata("s"); err != nil {
 		t.Fatalf("metadata while pending: %v", err)
+	}
+	if _, err := ks.UpdateSecretMetadata(ctx, "s", 3); !errors.Is(err, ErrSecretPendingDeletion) {
+		t.Fatalf("metadata write while pending: %v", err)
+	}
+	if _, err := ks.DestroySecretVersions(ctx, "s", []int{1}); err != nil {
+		t.Fatalf("destroy while pending: %v", err)
 	}
 	if _, err := ks.RestoreSecret(ctx, "s"); err != nil {
 		t.Fatal(err)
