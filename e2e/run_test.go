@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,12 @@ import (
 // the command is killed by SIGTERM or SIGKILL, and after coffer itself
 // gets SIGTERM (passed on to the command).
 func TestE2E_Run(t *testing.T) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &fs); err != nil || fs.Type != 0x01021994 {
+		if err := syscall.Statfs(fmt.Sprintf("/run/user/%d", os.Getuid()), &fs); err != nil || fs.Type != 0x01021994 {
+			t.Skip("coffer run needs a tmpfs at /dev/shm or /run/user/UID")
+		}
+	}
 	d := newDaemon(t, "")
 	d.start()
 	d.mustCoffer("", "operator", "init", "--shares", "1", "--threshold", "1")
