@@ -202,6 +202,7 @@ func (s *Server) refuseCredential(conn net.Conn, e *audit.Entry, start time.Time
 		s.log.Error("cannot record a credential refusal in the audit log", "error", err)
 	}
 	s.audit.m.observe(api.OpCredential, r.outcome, time.Since(start))
+	s.credentialAlerts(e)
 	s.log.Warn("credential refused", "unit", e.Detail["unit"], "credential-id", e.Detail["credential_id"], "reason", r.reason, "request-id", e.RequestID)
 	refuseConn(conn)
 }
@@ -214,6 +215,24 @@ func refuseConn(conn net.Conn) {
 	for sent := 0; sent < credentialRefusalBytes; sent += len(zeroChunk) {
 		if _, err := conn.Write(zeroChunk); err != nil {
 			return // the peer gave up reading: it failed already
+		}
+	}
+}
+
+// credentialAlerts feeds a refusal to the unusual-access rules (an alert
+// rule may name the operation "credential"), as finishRequest does for API
+// requests.
+func (s *Server) credentialAlerts(e *audit.Entry) {
+	uid, unit := int64(-1), ""
+	if e.Caller != nil {
+		uid, unit = int64(e.Caller.UID), e.Caller.Unit
+	}
+	for _, al := range s.audit.rules.observe(uid, unit, api.OpCredential, e.Outcome) {
+		s.audit.m.unusual.WithLabelValues(al.rule).Inc()
+		s.log.Warn("unusual access", "rule", al.rule, "uid", uid, "unit", unit, "count", al.count, "threshold", al.threshold, "window", al.window)
+		ev := &audit.Entry{Type: audit.TypeEvent, Operation: "unusual-access", Caller: e.Caller, Outcome: audit.OutcomeOK, Detail: al.detail(api.OpCredential, e.Outcome)}
+		if err := s.audit.w.Append(ev); err != nil {
+			s.log.Error("cannot record an unusual-access warning in the audit log", "rule", al.rule, "error", err)
 		}
 	}
 }

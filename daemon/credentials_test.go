@@ -167,7 +167,10 @@ func TestServer_CredentialSocket(t *testing.T) {
 	os.Chmod(sockDir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	credSock := filepath.Join(sockDir, "cred.sock")
-	n := startNode(t, t.TempDir(), func(c *config.Config) { c.Credentials = &config.CredentialsConfig{Path: credSock} })
+	n := startNode(t, t.TempDir(), func(c *config.Config) {
+		c.Credentials = &config.CredentialsConfig{Path: credSock}
+		c.Audit = &config.AuditConfig{Alerts: []config.AlertRule{{Name: "cred-probing", Operations: []string{"credential"}, Outcome: "denied", Threshold: 3, Window: time.Minute}}}
+	})
 	n.init(1, 1)
 	value := "db\x00pass\nMARKER-c4e1\n"
 	n.must("PUT", "/v1/secrets/db-password", map[string]any{"value": b64(value)}, nil, 200)
@@ -277,6 +280,9 @@ func TestServer_CredentialSocket(t *testing.T) {
 	if ok != 2 || denied < 13 || errs != 2 {
 		t.Errorf("credential audit entries: %d ok, %d denied, %d error", ok, denied, errs)
 	}
+	if !hasCredAlert(es) {
+		t.Error("no unusual-access event for the repeated credential refusals (rule on operation credential)")
+	}
 	if len(reasons) != 7 {
 		t.Errorf("refusal reasons audited: %v", reasons)
 	}
@@ -365,4 +371,13 @@ func TestCredentialDeliveryRate(t *testing.T) {
 	}
 	el := time.Since(start)
 	t.Logf("%d deliveries by %d helper(s) in %v: %.0f deliveries/s (each audited)", per*par, par, el.Round(time.Millisecond), float64(per*par)/el.Seconds())
+}
+
+func hasCredAlert(es []*audit.Entry) bool {
+	for _, e := range es {
+		if e.Type == audit.TypeEvent && e.Operation == "unusual-access" && e.Detail["rule"] == "cred-probing" {
+			return true
+		}
+	}
+	return false
 }
