@@ -77,7 +77,11 @@ func startNodeOpts(t testing.TB, dataDir string, mutate func(*config.Config), op
 	}}}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := os.Stat(cfg.Listener.Path); err == nil {
+		// Dial, not stat: the socket file exists from bind(2) on, but
+		// connections are refused until listen(2), which a loaded machine
+		// can delay by milliseconds.
+		if c, err := net.Dial("unix", cfg.Listener.Path); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
