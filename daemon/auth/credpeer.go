@@ -110,6 +110,10 @@ func peerAddress(fd int) (string, error) {
 // procRootForCred is where /proc is (tests point it elsewhere).
 var procRootForCred = procRoot
 
+// credPeerPIDFD says whether to ask for SO_PEERPIDFD; tests turn it off to
+// run the pidfd_open fallback of kernels before 6.5 on a newer kernel.
+var credPeerPIDFD = true
+
 // IdentifyCredentialPeer reads the peer's credentials, address and cgroup
 // on an accepted connection of the credential socket.
 //
@@ -143,6 +147,9 @@ func IdentifyCredentialPeer(c net.Conn) (*CredentialPeer, error) {
 			return
 		}
 		addr, addrErr = peerAddress(int(fd))
+		if !credPeerPIDFD {
+			return
+		}
 		pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD)
 		switch {
 		case err == nil:
