@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -126,8 +125,11 @@ func TestIdentifyCredentialPeer(t *testing.T) {
 					cmd.Wait() // exited and reaped: its pid may be anyone's now
 				} else {
 					// Exited, not reaped: a zombie still has its pid and
-					// /proc entry.
-					waitZombie(t, cmd.Process.Pid)
+					// /proc entry. Wait for the whole thread group to be
+					// gone (the pidfd polls readable), not only for the
+					// leader's "Z": until then the pid cannot be reused and
+					// the cgroup read is still the peer's.
+					waitExited(t, cmd.Process.Pid)
 				}
 				p2, err := IdentifyCredentialPeer(c2)
 				c2.Close()
@@ -145,29 +147,17 @@ func TestIdentifyCredentialPeer(t *testing.T) {
 	}
 }
 
-func waitZombie(t *testing.T, pid int) {
+func waitExited(t *testing.T, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err == nil {
-			// pid (comm) STATE …: the state follows the last ')'.
-			if i := lastIndex(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d never became a zombie", pid)
-		}
-		time.Sleep(5 * time.Millisecond)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func lastIndex(b []byte, c byte) int {
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == c {
-			return i
-		}
+	defer unix.Close(fd)
+	if _, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 10000); err != nil {
+		t.Fatal(err)
 	}
-	return -1
+	if !pidfdExited(fd) {
+		t.Fatalf("pid %d did not exit", pid)
+	}
 }
