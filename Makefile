@@ -45,7 +45,8 @@ FUZZ_TARGETS := \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon/config:FuzzParseConfig \
-	./daemon/audit:FuzzParseLine
+	./daemon/audit:FuzzParseLine \
+	./daemon/auth:FuzzParseCredentialAddress
 
 .PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load clean
 
@@ -77,7 +78,7 @@ install: build ## install binaries, systemd units, sysusers/tmpfiles, examples, 
 	install -m 0644 systemd/coffer.tmpfiles $(DESTDIR)$(TMPFILESDIR)/coffer.conf
 	install -m 0644 systemd/examples/*.hcl systemd/examples/*.conf $(DESTDIR)$(DOCDIR)/examples/
 	install -m 0644 systemd/README.md $(DESTDIR)$(DOCDIR)/systemd.md
-	install -m 0644 docs/operations.md docs/devices.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 docs/operations.md docs/devices.md docs/secrets.md $(DESTDIR)$(DOCDIR)/
 	bin/coffer completion bash > $(DESTDIR)$(BASHCOMPDIR)/coffer
 	bin/coffer completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_coffer
 	bin/coffer completion fish > $(DESTDIR)$(FISHCOMPDIR)/coffer.fish

@@ -75,8 +75,10 @@ const (
 	OpDelete  = "delete"
 )
 
-// Operations lists every policy operation, in the order of docs/api.md.
-var Operations = []string{OpWrap, OpUnwrap, OpRewrap, OpDatakey, OpRead, OpCreate, OpRotate, OpUpdate, OpDelete}
+// Operations lists every policy operation, in the order of docs/api.md
+// (the key operations, then the secret operations of api/secrets.go).
+var Operations = []string{OpWrap, OpUnwrap, OpRewrap, OpDatakey, OpRead, OpCreate, OpRotate, OpUpdate, OpDelete,
+	OpSecretRead, OpSecretWrite, OpSecretDelete}
 
 // ValidName reports whether s is a valid key or policy name:
 // ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$.
@@ -302,9 +304,12 @@ type DataKeyResponse struct {
 type Policy struct {
 	// Name is set in answers; in a PUT body it may be omitted or must equal
 	// the name in the path.
-	Name       string   `json:"name,omitempty"`
-	Subjects   Subjects `json:"subjects"`
-	Keys       []string `json:"keys"`
+	Name     string   `json:"name,omitempty"`
+	Subjects Subjects `json:"subjects"`
+	Keys     []string `json:"keys"`
+	// Secrets are glob patterns of secret names, for the secret_*
+	// operations.
+	Secrets    []string `json:"secrets,omitempty"`
 	Operations []string `json:"operations"`
 }
 

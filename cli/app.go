@@ -133,6 +133,8 @@ func (e *env) newApp() *ucli.App {
 			e.rewrapCommand(),
 			e.datakeyCommand(),
 			e.policyCommand(),
+			e.secretCommand(),
+			e.runCommand(),
 			e.tlsCommand(),
 			e.auditCommand(),
 			e.benchCommand(),

@@ -413,7 +413,7 @@ func TestPolicyWrite_Errors(t *testing.T) {
 		{"hcl unknown subject", "p.hcl", "subjects {\n  uids = [1]\n  hosts = [\"a\"]\n}\nkeys = [\"a\"]\noperations = [\"wrap\"]\n", `p.hcl:3,3: Unsupported argument`},
 		{"hcl syntax", "p.hcl", "subjects {\n  uids = [1\n}\n", "p.hcl:"},
 		{"hcl negative uid", "p.hcl", "subjects {\n  uids = [-1]\n}\nkeys = [\"a\"]\noperations = [\"wrap\"]\n", "p.hcl:2,"},
-		{"hcl missing keys", "p.hcl", "subjects {\n}\noperations = [\"wrap\"]\n", `Missing required argument; The argument "keys" is required`},
+		{"hcl missing keys", "p.hcl", "subjects {\n}\noperations = [\"wrap\"]\n", `a policy needs keys (or secrets) and operations`},
 		{"json unknown field", "p.json", "{\n  \"subjects\": {},\n  \"keys\": [\"a\"],\n  \"verbs\": []\n}", `p.json:4: unknown field "verbs"`},
 		{"json syntax", "p.json", "{\n  \"keys\": [\"a\",]\n}", "p.json:2: invalid character"},
 		{"json trailing", "p.json", `{"subjects":{},"keys":["a"],"operations":["wrap"]} {}`, "unexpected data after the policy object"},

@@ -124,8 +124,8 @@ func parsePolicy(file string, data []byte) (*api.Policy, error) {
 			return nil, fmt.Errorf("%s: unknown operation %q: use %s", displayName(file), op, strings.Join(api.Operations, ", "))
 		}
 	}
-	if len(p.Keys) == 0 || len(p.Operations) == 0 {
-		return nil, fmt.Errorf("%s: a policy needs keys and operations", displayName(file))
+	if (len(p.Keys) == 0 && len(p.Secrets) == 0) || len(p.Operations) == 0 {
+		return nil, fmt.Errorf("%s: a policy needs keys (or secrets) and operations", displayName(file))
 	}
 	// The API shows empty lists as [], not null.
 	for _, s := range []*[]string{&p.Keys, &p.Operations, &p.Subjects.Users, &p.Subjects.Groups, &p.Subjects.Units} {
@@ -178,7 +178,8 @@ func lineAt(data []byte, offset int64) int {
 
 type hclPolicy struct {
 	Subjects   hclSubjects `hcl:"subjects,block"`
-	Keys       []string    `hcl:"keys"`
+	Keys       []string    `hcl:"keys,optional"`
+	Secrets    []string    `hcl:"secrets,optional"`
 	Operations []string    `hcl:"operations"`
 }
 
@@ -207,6 +208,7 @@ func parseHCLPolicy(name string, data []byte) (*api.Policy, error) {
 			Users: hp.Subjects.Users, Groups: hp.Subjects.Groups, Units: hp.Subjects.Units,
 		},
 		Keys:       hp.Keys,
+		Secrets:    hp.Secrets,
 		Operations: hp.Operations,
 	}, nil
 }

@@ -130,6 +130,9 @@ func printPolicy(w io.Writer, p *api.Policy) error {
 	t := newTable(w)
 	t.row("Name", orDash(p.Name))
 	t.row("Keys", orDash(strings.Join(p.Keys, ", ")))
+	if len(p.Secrets) > 0 {
+		t.row("Secrets", strings.Join(p.Secrets, ", "))
+	}
 	t.row("Operations", orDash(strings.Join(p.Operations, ", ")))
 	t.row("UIDs", orDash(joinUints(p.Subjects.UIDs)))
 	t.row("GIDs", orDash(joinUints(p.Subjects.GIDs)))

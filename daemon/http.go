@@ -146,6 +146,8 @@ func match(path string) (routes map[string]route, name string) {
 			return nil, ""
 		}
 		return keyActionRoutes[action], name
+	case "secrets":
+		return matchSecrets(path, rest)
 	case "policies":
 		if rest == "" {
 			if strings.HasSuffix(path, "/") {
@@ -239,7 +241,7 @@ func (s *Server) dispatch(rc *reqCtx) int {
 			return s.fail(rc, keystore.ErrSealed)
 		}
 		if rt.access == accessKey && !s.allowed(rc.caller, rt.op, name) {
-			return s.fail(rc, denied(rc.caller, fmt.Sprintf("%s key %q", rt.op, name)))
+			return s.fail(rc, denied(rc.caller, fmt.Sprintf("%s %s %q", rt.op, objectKind(rt.op), name)))
 		}
 	}
 	// Open and merely identified callers (unseal, create: the key name is
@@ -326,6 +328,12 @@ func toAPIError(err error) (int, api.ErrorDetail, bool) {
 		return http.StatusConflict, api.ErrorDetail{Code: api.CodeVersionDisabled, Message: msg}, true
 	case errors.Is(err, keystore.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, api.ErrorDetail{Code: api.CodeTooLarge, Message: msg}, true
+	case errors.Is(err, keystore.ErrSecretPendingDeletion):
+		return http.StatusConflict, api.ErrorDetail{Code: api.CodePendingDeletion, Message: msg}, true
+	case errors.Is(err, keystore.ErrVersionConflict):
+		return http.StatusConflict, api.ErrorDetail{Code: api.CodeVersionConflict, Message: msg}, true
+	case errors.Is(err, keystore.ErrVersionDestroyed):
+		return http.StatusGone, api.ErrorDetail{Code: api.CodeVersionDestroyed, Message: msg}, true
 	case errors.Is(err, cluster.ErrNoLeader):
 		return http.StatusServiceUnavailable, api.ErrorDetail{Code: api.CodeNoLeader, Message: msg}, true
 	}

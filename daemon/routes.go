@@ -27,7 +27,7 @@ func Routes() []Route {
 
 type endpoint struct{ method, path string }
 
-// routeTable flattens the route maps (http.go, handlers_raft.go, handlers_enrol.go) into one
+// routeTable flattens the route maps (http.go, handlers_raft.go, handlers_enrol.go, handlers_secrets.go) into one
 // map by method and path pattern.
 func routeTable() map[endpoint]route {
 	out := map[endpoint]route{}
@@ -49,6 +49,11 @@ func routeTable() map[endpoint]route {
 	add("/v1/keys/{name}", keyRoutes)
 	for action, m := range keyActionRoutes {
 		add("/v1/keys/{name}/"+action, m)
+	}
+	add("/v1/secrets", secretsRoutes)
+	add("/v1/secrets/{name}", secretRoutes)
+	for action, m := range secretActionRoutes {
+		add("/v1/secrets/{name}/"+action, m)
 	}
 	add("/v1/policies", policiesRoutes)
 	add("/v1/policies/{name}", policyRoutes)

@@ -55,6 +55,9 @@ type Options struct {
 	// ExtraAdminUIDs are added to the config's admin uids (dev mode adds the
 	// daemon's own uid, so `make run` works without root).
 	ExtraAdminUIDs []uint32
+	// Now is the clock of the keystore and the scheduler (default
+	// time.Now); tests move it to pass deletion windows.
+	Now func() time.Time
 }
 
 // Server is one running cofferd node.
@@ -82,7 +85,9 @@ type Server struct {
 
 	schedInterval  time.Duration
 	deviceInterval time.Duration
+	now            func() time.Time
 	ln             net.Listener
+	creds          *credServer // the credential socket, if configured (credentials.go)
 	http           *http.Server
 	limiter        *connLimiter // connection caps (limits.go)
 	telemetry      *http.Server // the Prometheus TCP listener, nil without (telemetry.go)
@@ -132,6 +137,10 @@ func New(opts Options) (*Server, error) {
 		reqPrefix:     hex.EncodeToString(pfx),
 		schedInterval: opts.SchedulerInterval,
 		stop:          make(chan struct{}),
+		now:           opts.Now,
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	if s.schedInterval == 0 {
 		s.schedInterval = 30 * time.Second
@@ -154,6 +163,7 @@ func New(opts Options) (*Server, error) {
 	s.ks = keystore.New(keystore.Config{
 		Proposer: prop,
 		Logger:   log.Named("keystore"),
+		Now:      s.now,
 		OnPolicies: func(m map[string]api.Policy) {
 			s.policies.Store(auth.NewPolicySet(m))
 		},
@@ -289,6 +299,11 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return err
 	}
+	if err := s.startCredentials(); err != nil {
+		s.closeTelemetry()
+		ln.Close()
+		return err
+	}
 	s.every(s.schedInterval, s.runSchedule)
 	s.every(s.nonceInterval, s.nonceTick)
 	s.every(time.Second, func() { s.audit.flushCoalesced(false) })
@@ -326,6 +341,7 @@ func (s *Server) Close() error {
 			cancel()
 			s.closeTelemetry()
 		}
+		s.stopCredentials()
 		s.wg.Wait()
 		s.saveExactNonceCounts()
 		s.ks.Seal()
@@ -378,7 +394,7 @@ func (s *Server) runSchedule() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	now := time.Now()
+	now := s.now()
 	for _, name := range s.ks.DueRotations(now) {
 		ok, err := s.ks.RotateIfDue(ctx, name)
 		if err != nil {
@@ -401,6 +417,7 @@ func (s *Server) runSchedule() {
 			s.auditEvent(&audit.Entry{Operation: "purge", Key: name, Detail: map[string]string{"reason": "deletion_date"}})
 		}
 	}
+	s.purgeSecrets(ctx, now)
 }
 
 // Status returns the node's status, as GET /v1/sys/status answers it.

@@ -522,6 +522,7 @@ func TestServer_DevSoftDeviceAutoUnseal(t *testing.T) {
 func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range []string{`{"plaintext":"aGk="}`, `{"batch":[{"plaintext":"aGk=","aad":"eA=="}]}`, `{"ciphertext":"coffer:v1:AAAA"}`,
 		`{"bytes":32,"include_plaintext":false}`, `{"share":"coffer-share-1-x"}`, `{"subjects":{"uids":[1]},"keys":["*"],"operations":["wrap"]}`,
+		`{"value":"aGk=","cas":0}`, `{"max_versions":3}`, `{"versions":[1,2]}`,
 		`{`, `[]`, `null`, `{"plaintext":"!!"}`, `{"a":1}`, ``} {
 		f.Add([]byte(s))
 	}
@@ -530,6 +531,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		func() any { return &api.DataKeyRequest{} }, func() any { return &api.UnsealRequest{} },
 		func() any { return &api.Policy{} }, func() any { return &api.InitRequest{} },
 		func() any { return &api.CreateKeyRequest{} }, func() any { return &api.UpdateKeyRequest{} },
+		func() any { return &api.PutSecretRequest{} }, func() any { return &api.UpdateSecretMetadataRequest{} },
+		func() any { return &api.DestroySecretRequest{} },
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for i, mk := range targets {

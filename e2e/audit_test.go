@@ -392,6 +392,32 @@ func TestE2E_LeakSuite(t *testing.T) {
 	ct3 := strings.TrimSpace(must(plain[3], false, "wrap", "--key", "after-rotation"))
 	daemonOnly["ciphertext 6"] = []byte(ct3[strings.LastIndexByte(ct3, ':')+1:])
 
+	// Secrets: values from stdin and a file, read back (intended stdout),
+	// a cas conflict, a denied caller, a value sent as bad base64, and a
+	// destroyed version. The values must show nowhere cofferd writes, nor
+	// in the CLI's stderr.
+	secretVals := []string{"leak-SECRET-dbpass-\x00\n-5e1d77", "leak-SECRET-apikey-c0ffee-91b2", "leak-SECRET-rotated-7d2e4a"}
+	for i, v := range secretVals {
+		secrets[fmt.Sprintf("secret value %d", i+1)] = []byte(v)
+	}
+	must(secretVals[0], false, "secret", "put", "leak-db")
+	secretFile := filepath.Join(t.TempDir(), "v")
+	os.WriteFile(secretFile, []byte(secretVals[1]), 0o600)
+	must("", false, "secret", "put", "leak-db", secretFile, "--cas", "1")
+	cli(secretVals[2], -1, false, "secret", "put", "leak-db", "--cas", "1") // conflict
+	if got := must("", true, "secret", "get", "leak-db", "--version", "1"); got != secretVals[0] {
+		t.Fatalf("secret get v1 = %q", got)
+	}
+	must("", true, "--format", "json", "secret", "get", "leak-db")
+	d.apiID("PUT", "/v1/secrets/leak-db", `{"value":"`+secretVals[1]+`"}`) // not base64
+	must("", false, "secret", "destroy", "leak-db", "--version", "1")
+	cli("", -1, false, "secret", "get", "leak-db", "--version", "1")
+	if os.Getuid() == 0 {
+		cli("", 65534, false, "secret", "get", "leak-db")
+		cli(secretVals[2], 65534, false, "secret", "put", "leak-db")
+	}
+	must(secretVals[2], false, "secret", "put", "leak-db")
+
 	// Errors: tampered, wrong aad, bad input carrying a secret, a
 	// mistyped share, a denied caller.
 	tampered := []byte(ct2)

@@ -40,6 +40,8 @@ func TestE2E_Cluster_RekeySnapshotRestore(t *testing.T) {
 	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
 	n1.mustCoffer("", "key", "create", "app")
 	ct := strings.TrimSpace(n2.mustCoffer(secret1, "wrap", "--key", "app"))
+	secretVal := "snapshot-SECRET\x00value-8a1f"
+	n2.mustCoffer(secretVal, "secret", "put", "snap-db")
 
 	// Rekey on a follower, with 2 current shares on stdin.
 	var rk api.InitResponse
@@ -77,8 +79,8 @@ func TestE2E_Cluster_RekeySnapshotRestore(t *testing.T) {
 	snap := filepath.Join(t.TempDir(), "coffer.snap")
 	n3.mustCoffer("", "operator", "raft", "snapshot", "save", snap)
 	data, _ := os.ReadFile(snap)
-	if strings.Contains(string(data), secret1) || strings.Contains(string(data), `"app"`) {
-		t.Fatal("snapshot holds a plaintext or key metadata in clear")
+	if strings.Contains(string(data), secret1) || strings.Contains(string(data), `"app"`) || strings.Contains(string(data), "snapshot-SECRET") {
+		t.Fatal("snapshot holds a plaintext, a secret value or key metadata in clear")
 	}
 	// An initialised node of another cluster refuses it (a wrong backup);
 	// a fresh, uninitialised node takes it.
@@ -98,6 +100,9 @@ func TestE2E_Cluster_RekeySnapshotRestore(t *testing.T) {
 	fresh.mustCoffer(strings.Join(rk.Shares[:3], "\n")+"\n", "operator", "unseal")
 	if pt := fresh.mustCoffer(ct, "unwrap", "--key", "app"); pt != secret1 {
 		t.Fatal("restored node cannot unwrap")
+	}
+	if got := fresh.mustCoffer("", "secret", "get", "snap-db"); got != secretVal {
+		t.Fatalf("restored node reads the secret as %q", got)
 	}
 }
 

@@ -160,6 +160,24 @@ func TestE2E_Cluster_ThreeNodes(t *testing.T) {
 		t.Fatalf("node1 sees version %d after the rotation", k.LatestVersion)
 	}
 
+	// A secret written on a follower (forwarded), read at once on another
+	// node (linearizable read), then versioned with cas through a third.
+	secretVal := "cluster\x00db-pass\n"
+	follower := c.nodes[0]
+	for _, d := range c.nodes {
+		if !d.status().IsLeader {
+			follower = d
+			break
+		}
+	}
+	follower.mustCoffer(secretVal, "secret", "put", "cluster-db", "--cas", "0")
+	for _, d := range c.nodes {
+		if got := d.mustCoffer("", "secret", "get", "cluster-db"); got != secretVal {
+			t.Fatalf("%s reads secret %q", d.nodeID, got)
+		}
+	}
+	n3.mustCoffer("v2", "secret", "put", "cluster-db", "--cas", "1")
+
 	// A stream of acknowledged writes through all nodes, then SIGKILL the
 	// leader.
 	var acked []string
@@ -192,6 +210,16 @@ func TestE2E_Cluster_ThreeNodes(t *testing.T) {
 		name := fmt.Sprintf("after%d", i)
 		d.mustCoffer("", "key", "create", name)
 		acked = append(acked, name)
+	}
+	// The secret survives the leader's death, and takes a version there.
+	survivors[0].mustCoffer("v3", "secret", "put", "cluster-db", "--cas", "2")
+	for _, d := range survivors {
+		if got := d.mustCoffer("", "secret", "get", "cluster-db", "--version", "1"); got != secretVal {
+			t.Errorf("%s after the leader's death reads v1 %q", d.nodeID, got)
+		}
+		if got := d.mustCoffer("", "secret", "get", "cluster-db"); got != "v3" {
+			t.Errorf("%s after the leader's death reads %q", d.nodeID, got)
+		}
 	}
 	for _, d := range survivors {
 		var kl api.KeyList

@@ -29,7 +29,7 @@ func TestE2E_Cluster_NonceBudget(t *testing.T) {
 	for _, d := range c.nodes[1:] {
 		d := d
 		d.start()
-		d.mustCoffer("", "operator", "raft", "join", c.addrs[0])
+		joinWithToken(t, c.nodes[0], d, c.addrs[0])
 		waitFor(t, d.nodeID+" receives the state", 10*time.Second, func() bool { return d.status().Initialized })
 		d.mustCoffer(ir.Shares[0]+"\n", "operator", "unseal")
 	}

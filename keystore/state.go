@@ -114,6 +114,7 @@ type Keystore struct {
 	active   uint32
 	keys     map[string]*namedKey
 	policies map[string]api.Policy
+	secrets  map[string]*secretRec // metadata and sealed values (secrets.go)
 
 	// nonces are this node's encryption counts (nonce.go).
 	nonces nonceCounters
@@ -560,6 +561,7 @@ func (ks *Keystore) unsealLocked(root []byte) error {
 	}
 	ks.keys = map[string]*namedKey{}
 	ks.policies = map[string]api.Policy{}
+	ks.secrets = map[string]*secretRec{}
 	failed := 0
 	for path, e := range ks.entries {
 		if err := ks.loadRecordLocked(path, e); err != nil {
@@ -590,7 +592,7 @@ func (ks *Keystore) sealLocked() {
 		t.Destroy()
 	}
 	ks.root.Destroy()
-	ks.root, ks.terms, ks.termMeta, ks.keys, ks.policies, ks.active = nil, nil, nil, nil, nil, 0
+	ks.root, ks.terms, ks.termMeta, ks.keys, ks.policies, ks.secrets, ks.active = nil, nil, nil, nil, nil, nil, 0
 	if ks.cfg.OnPolicies != nil {
 		ks.cfg.OnPolicies(nil)
 	}
@@ -840,6 +842,8 @@ func (ks *Keystore) loadRecordLocked(path string, e Entry) error {
 			return fmt.Errorf("%w: policy %s: %v", ErrCorrupt, path, err)
 		}
 		ks.policies[strings.TrimPrefix(path, "policies/")] = p
+	case isSecretPath(path):
+		return ks.loadSecretRecordLocked(path, e)
 	default:
 		return fmt.Errorf("%w: unknown record path %q", ErrCorrupt, path)
 	}
@@ -857,6 +861,8 @@ func (ks *Keystore) dropRecordLocked(path string) {
 	case strings.HasPrefix(path, "policies/"):
 		delete(ks.policies, strings.TrimPrefix(path, "policies/"))
 		ks.notifyPoliciesLocked()
+	case isSecretPath(path):
+		delete(ks.secrets, strings.TrimPrefix(path, secretPrefix))
 	}
 }
 

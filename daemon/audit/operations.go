@@ -10,6 +10,11 @@ package audit
 var RequestOperations = []string{
 	// Policy operations (api.Operations).
 	"wrap", "unwrap", "rewrap", "datakey", "read", "create", "rotate", "update", "delete",
+	"secret_read", "secret_write", "secret_delete",
+	// GET /v1/secrets (filtered to the names the caller may read).
+	"secret-list",
+	// A delivery or refusal on the credential socket (systemd LoadCredential=).
+	"credential",
 	// GET /v1/keys, POST /v1/keys/{name}/restore.
 	"list", "restore",
 	// /v1/policies.

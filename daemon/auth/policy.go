@@ -55,26 +55,45 @@ func ValidatePolicy(name string, p *api.Policy) error {
 			return err
 		}
 	}
-	if len(p.Keys) == 0 {
-		return errors.New("policy has no keys; list key names or glob patterns such as \"billing-*\"")
+	if len(p.Keys) == 0 && len(p.Secrets) == 0 {
+		return errors.New("policy has no keys; list key names or glob patterns such as \"billing-*\" (or secret names in secrets)")
 	}
-	for _, k := range p.Keys {
-		if k == "" {
-			return errors.New("keys contains an empty pattern; use a key name or a glob such as \"billing-*\"")
-		}
-		if len(k) > MaxKeyPattern {
-			return fmt.Errorf("keys pattern %.32q… is %d characters; the limit is %d", k, len(k), MaxKeyPattern)
-		}
-		if _, err := path.Match(k, ""); err != nil {
-			return fmt.Errorf("keys pattern %q is not a valid glob (Go path.Match: *, ?, [a-z], \\ escapes)", k)
-		}
+	if err := checkPatterns("keys", "key", p.Keys); err != nil {
+		return err
+	}
+	if err := checkPatterns("secrets", "secret", p.Secrets); err != nil {
+		return err
 	}
 	if len(p.Operations) == 0 {
 		return fmt.Errorf("policy has no operations; list some of %s", strings.Join(api.Operations, ", "))
 	}
 	for _, op := range p.Operations {
-		if opIndex(op) < 0 {
+		i := opIndex(op)
+		if i < 0 {
 			return fmt.Errorf("operations contains %q; allowed are %s", op, strings.Join(api.Operations, ", "))
+		}
+		// An operation without patterns of its kind would grant nothing:
+		// say so rather than store a policy that silently does not work.
+		if isSecretOp(i) && len(p.Secrets) == 0 {
+			return fmt.Errorf("operations contains %q but the policy has no secrets; list secret names or patterns in secrets", op)
+		}
+		if !isSecretOp(i) && len(p.Keys) == 0 {
+			return fmt.Errorf("operations contains %q but the policy has no keys; list key names or patterns in keys", op)
+		}
+	}
+	return nil
+}
+
+func checkPatterns(field, what string, pats []string) error {
+	for _, k := range pats {
+		if k == "" {
+			return fmt.Errorf("%s contains an empty pattern; use a %s name or a glob such as \"billing-*\"", field, what)
+		}
+		if len(k) > MaxKeyPattern {
+			return fmt.Errorf("%s pattern %.32q… is %d characters; the limit is %d", field, k, len(k), MaxKeyPattern)
+		}
+		if _, err := path.Match(k, ""); err != nil {
+			return fmt.Errorf("%s pattern %q is not a valid glob (Go path.Match: *, ?, [a-z], \\ escapes)", field, k)
 		}
 	}
 	return nil
@@ -119,7 +138,11 @@ func opIndex(op string) int { return slices.Index(api.Operations, op) }
 
 // numOps is len(api.Operations), as a constant for the arrays below
 // (TestOpIndex_MatchesOperations checks it).
-const numOps = 9
+const numOps = 12
+
+// isSecretOp reports whether operation bit i is a secret operation, which
+// matches the policy's secrets patterns instead of its keys.
+func isSecretOp(i int) bool { return i >= opIndex(api.OpSecretRead) }
 
 // PolicySet is a compiled, immutable set of policies. It is safe for
 // concurrent use; build a new one when the policies change.
@@ -146,6 +169,18 @@ type keyMatcher struct {
 	globs []string
 }
 
+func newKeyMatcher(patterns []string) *keyMatcher {
+	km := &keyMatcher{exact: make(map[string]struct{})}
+	for _, k := range patterns {
+		if !strings.ContainsAny(k, `*?[\`) {
+			km.exact[k] = struct{}{}
+		} else if _, err := path.Match(k, ""); err == nil {
+			km.globs = append(km.globs, k)
+		}
+	}
+	return km
+}
+
 func add[K comparable](m *map[K][]*keyMatcher, k K, km *keyMatcher) {
 	if *m == nil {
 		*m = make(map[K][]*keyMatcher)
@@ -158,14 +193,7 @@ func add[K comparable](m *map[K][]*keyMatcher, k K, km *keyMatcher) {
 func NewPolicySet(policies map[string]api.Policy) *PolicySet {
 	ps := &PolicySet{}
 	for _, p := range policies {
-		km := &keyMatcher{exact: make(map[string]struct{})}
-		for _, k := range p.Keys {
-			if !strings.ContainsAny(k, `*?[\`) {
-				km.exact[k] = struct{}{}
-			} else if _, err := path.Match(k, ""); err == nil {
-				km.globs = append(km.globs, k)
-			}
-		}
+		keys, secrets := newKeyMatcher(p.Keys), newKeyMatcher(p.Secrets)
 		var seen [numOps]bool
 		for _, op := range p.Operations {
 			i := opIndex(op)
@@ -173,6 +201,10 @@ func NewPolicySet(policies map[string]api.Policy) *PolicySet {
 				continue
 			}
 			seen[i] = true
+			km := keys
+			if isSecretOp(i) {
+				km = secrets
+			}
 			idx := &ps.byOp[i]
 			for _, u := range p.Subjects.UIDs {
 				add(&idx.uids, u, km)
@@ -194,7 +226,8 @@ func NewPolicySet(policies map[string]api.Policy) *PolicySet {
 	return ps
 }
 
-// Allowed reports whether some policy grants op on key to the caller: one of
+// Allowed reports whether some policy grants op on key (a secret name for
+// the secret_* operations, matched against the policy's secrets) to the caller: one of
 // its subjects matches the caller (uid, any gid of c.Groups, user name, any
 // group name, or systemd unit), one of its key patterns matches key, and it
 // lists op. A unit of a per-user service manager (c.UserUnit) never matches

@@ -31,7 +31,16 @@ func TestValidatePolicy(t *testing.T) {
 		{name: "valid, every subject kind", pname: "p", edit: func(p *api.Policy) {
 			p.Subjects = api.Subjects{UIDs: []uint32{0}, GIDs: []uint32{5}, Users: []string{"u"}, Groups: []string{"g"}, Units: []string{"billing.service", "x.scope", "y.socket", `a\x2db@c.timer`}}
 		}},
-		{name: "valid, every operation", pname: "p", edit: func(p *api.Policy) { p.Operations = append([]string(nil), api.Operations...) }},
+		{name: "valid, every operation", pname: "p", edit: func(p *api.Policy) {
+			p.Operations = append([]string(nil), api.Operations...)
+			p.Secrets = []string{"billing-*"}
+		}},
+		{name: "valid, secrets only", pname: "p", edit: func(p *api.Policy) {
+			p.Keys, p.Secrets, p.Operations = nil, []string{"db-password", "billing-*"}, []string{"secret_read"}
+		}},
+		{name: "secret op without secrets", pname: "p", edit: func(p *api.Policy) { p.Operations = []string{"secret_read"} }, errHas: `operations contains "secret_read" but the policy has no secrets`},
+		{name: "key op without keys", pname: "p", edit: func(p *api.Policy) { p.Keys, p.Secrets = nil, []string{"s"} }, errHas: `operations contains "wrap" but the policy has no keys`},
+		{name: "bad secret glob", pname: "p", edit: func(p *api.Policy) { p.Secrets = []string{"db-[a"} }, errHas: `secrets pattern "db-[a" is not a valid glob`},
 		{name: "valid, globs", pname: "p", edit: func(p *api.Policy) { p.Keys = []string{"*", "a?c", "[a-c]*", `x\*`, strings.Repeat("k", 256)} }},
 		{name: "bad name", pname: "-x", errHas: `policy name "-x" is invalid`},
 		{name: "empty name", pname: "", errHas: `policy name "" is invalid`},
@@ -43,7 +52,7 @@ func TestValidatePolicy(t *testing.T) {
 		{name: "trailing backslash", pname: "p", edit: func(p *api.Policy) { p.Keys = []string{`a\`} }, errHas: `keys pattern "a\\" is not a valid glob`},
 		{name: "long key pattern", pname: "p", edit: func(p *api.Policy) { p.Keys = []string{strings.Repeat("k", 257)} }, errHas: "is 257 characters; the limit is 256"},
 		{name: "no operations", pname: "p", edit: func(p *api.Policy) { p.Operations = nil }, errHas: "policy has no operations; list some of wrap, unwrap,"},
-		{name: "unknown operation", pname: "p", edit: func(p *api.Policy) { p.Operations = []string{"wrap", "encrypt"} }, errHas: `operations contains "encrypt"; allowed are wrap, unwrap, rewrap, datakey, read, create, rotate, update, delete`},
+		{name: "unknown operation", pname: "p", edit: func(p *api.Policy) { p.Operations = []string{"wrap", "encrypt"} }, errHas: `operations contains "encrypt"; allowed are wrap, unwrap, rewrap, datakey, read, create, rotate, update, delete, secret_read, secret_write, secret_delete`},
 		{name: "unit without suffix", pname: "p", edit: func(p *api.Policy) { p.Subjects.Units = []string{"billing"} }, errHas: `subjects.units contains "billing"; a unit is a systemd unit name`},
 		{name: "unit bare suffix", pname: "p", edit: func(p *api.Policy) { p.Subjects.Units = []string{".service"} }, errHas: `subjects.units contains ".service"`},
 		{name: "unit bad character", pname: "p", edit: func(p *api.Policy) { p.Subjects.Units = []string{"a b.service"} }, errHas: `subjects.units contains "a b.service", which has " "`},
@@ -257,5 +266,30 @@ func TestNewAdmins_UnknownGroup(t *testing.T) {
 	}
 	if exp := `admin group "coffer-no-such-group-xyz" does not exist on this host; create it or remove it from admin.groups`; err.Error() != exp {
 		t.Fatalf("error = %q, want %q", err, exp)
+	}
+}
+
+// Secret operations match the policy's secrets patterns only, and key
+// operations its keys patterns only: a grant on keys "db-*" is no grant on
+// the secret "db-password", and the other way round.
+func TestPolicySet_SecretsApart(t *testing.T) {
+	ps := NewPolicySet(map[string]api.Policy{
+		"keys": {Subjects: api.Subjects{UIDs: []uint32{1001}}, Keys: []string{"db-*"}, Operations: []string{"read", "secret_read"}},
+		"secrets": {Subjects: api.Subjects{Units: []string{"billing.service"}}, Secrets: []string{"db-password"},
+			Operations: []string{"secret_read", "wrap"}},
+	})
+	c := &Caller{UID: 1001}
+	if !ps.Allowed(c, api.OpRead, "db-x") || ps.Allowed(c, api.OpSecretRead, "db-x") {
+		t.Error("keys patterns must grant key operations only")
+	}
+	u := &Caller{UID: 65534, Unit: "billing.service"}
+	if !ps.Allowed(u, api.OpSecretRead, "db-password") {
+		t.Error("unit not granted secret_read on db-password")
+	}
+	if ps.Allowed(u, api.OpWrap, "db-password") || ps.Allowed(u, api.OpSecretWrite, "db-password") || ps.Allowed(u, api.OpSecretRead, "db-passwordx") {
+		t.Error("grant beyond the policy")
+	}
+	if ps.Allowed(&Caller{UID: 65534, Unit: "billing.service", UserUnit: true}, api.OpSecretRead, "db-password") {
+		t.Error("a user unit must not match a unit subject")
 	}
 }

@@ -73,6 +73,8 @@ type Config struct {
 	Seal *SealConfig
 	// KMSv2 is nil when the Kubernetes KMS v2 plugin socket is off.
 	KMSv2 *KMSv2Config
+	// Credentials is nil when the systemd LoadCredential= socket is off.
+	Credentials *CredentialsConfig
 	// Audit is nil when the file has no audit block; the daemon then picks
 	// its default location.
 	Audit *AuditConfig
@@ -281,6 +283,9 @@ func (c *Config) resolvePaths(base string) {
 	if c.KMSv2 != nil {
 		abs(&c.KMSv2.Path)
 	}
+	if c.Credentials != nil {
+		abs(&c.Credentials.Path)
+	}
 	if c.Audit != nil {
 		abs(&c.Audit.Path)
 	}
@@ -367,6 +372,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.validateTelemetry(); err != nil {
+		return err
+	}
+	if err := c.validateCredentials(); err != nil {
 		return err
 	}
 	return c.validateAudit()

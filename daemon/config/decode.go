@@ -32,6 +32,7 @@ var rootSchema = &hcl.BodySchema{
 		{Type: "cluster"},
 		{Type: "seal", LabelNames: []string{"type"}},
 		{Type: "kms_v2"},
+		{Type: "credentials"},
 		{Type: "audit"},
 		{Type: "telemetry"},
 	},
@@ -189,6 +190,11 @@ func (d *decoder) root(body hcl.Body) {
 			b := d.body(blk, kmsSchema, "kms_v2")
 			b.str("path", &k.Path)
 			b.str("key", &k.Key)
+		case "credentials":
+			cr := &CredentialsConfig{}
+			c.Credentials = cr
+			b := d.body(blk, credentialsSchema, "credentials")
+			b.str("path", &cr.Path)
 		case "audit":
 			d.audit(blk)
 		case "telemetry":

@@ -35,6 +35,8 @@ func Keys() []string {
 			attrs("seal.soft.", softSchema)
 		case "telemetry":
 			attrs("telemetry.", telemetrySchema)
+		case "credentials":
+			attrs("credentials.", credentialsSchema)
 		case "kms_v2":
 			attrs("kms_v2.", kmsSchema)
 		case "audit":
