@@ -43,7 +43,8 @@ FUZZ_TARGETS := \
 	./keystore:FuzzDecodeCommand \
 	./daemon:FuzzDecodeRequest \
 	./daemon/config:FuzzParseConfig \
-	./daemon/audit:FuzzParseLine
+	./daemon/audit:FuzzParseLine \
+	./daemon/kmsv2:FuzzDecrypt
 
 .PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load clean
 

@@ -30,6 +30,7 @@ import (
 	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/daemon/auth"
 	"github.com/coffer-kms/coffer/daemon/config"
+	"github.com/coffer-kms/coffer/daemon/kmsv2"
 	"github.com/coffer-kms/coffer/daemon/platform"
 	"github.com/coffer-kms/coffer/hsm"
 	"github.com/coffer-kms/coffer/keystore"
@@ -88,6 +89,7 @@ type Server struct {
 	deviceInterval time.Duration
 	ln             net.Listener
 	http           *http.Server
+	kms            *kmsv2.Server // nil without a kms_v2 block (kmsv2.go)
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
@@ -397,6 +399,10 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // ServeListener serves on ln (e.g. a socket-activated listener).
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	if err := s.startKMS(); err != nil {
+		ln.Close()
+		return err
+	}
 	s.ln = ln
 	s.http = &http.Server{
 		Handler:           s.Handler(),
@@ -439,6 +445,7 @@ func (s *Server) Close() error {
 			s.http.Shutdown(ctx)
 			cancel()
 		}
+		s.stopKMS()
 		s.wg.Wait()
 		s.ks.Seal()
 		s.resetProgress()

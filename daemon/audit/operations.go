@@ -17,6 +17,8 @@ var RequestOperations = []string{
 	"init", "unseal", "seal", "reseal", "rekey", "audit-hash", "status", "health", "metrics",
 	// /v1/sys/raft/…
 	"raft-peers", "raft-join", "raft-remove-peer", "raft-snapshot-save", "raft-snapshot-restore",
+	// The Kubernetes KMS v2 plugin socket (daemon/kmsv2): Encrypt, Decrypt.
+	"kms_encrypt", "kms_decrypt",
 	"unknown",
 }
 
