@@ -9,8 +9,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -339,4 +341,32 @@ func TestKMSv2_HelperClient(t *testing.T) {
 		_, derr = c.Decrypt(ctx(t), &kmsapi.DecryptRequest{Uid: "helper-uid", Ciphertext: []byte("coffer:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), KeyId: "coffer/kubernetes/v1", Annotations: map[string][]byte{kmsv2.AnnotationFormat: []byte("1")}})
 	}
 	fmt.Printf("RESULT status=%s encrypt=%s decrypt=%s\n", status.Code(serr), status.Code(eerr), status.Code(derr))
+}
+
+// TestKMSv2_SocketGroup: kms_v2.group gives the socket to that group.
+func TestKMSv2_SocketGroup(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give the socket to another group")
+	}
+	var name string
+	var gid int
+	for _, g := range []string{"nogroup", "daemon", "bin", "adm"} {
+		if gr, err := user.LookupGroup(g); err == nil {
+			if id, _ := strconv.Atoi(gr.Gid); id != os.Getgid() {
+				name, gid = g, id
+				break
+			}
+		}
+	}
+	if name == "" {
+		t.Skip("no spare group on this host")
+	}
+	n := startNode(t, func(c *config.Config) { c.KMSv2.Group = name }, false)
+	st, err := os.Stat(n.cfg.KMSv2.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := int(st.Sys().(*syscall.Stat_t).Gid); got != gid {
+		t.Fatalf("socket group %d, want %d (%s)", got, gid, name)
+	}
 }
