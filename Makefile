@@ -46,7 +46,7 @@ FUZZ_TARGETS := \
 	./daemon/audit:FuzzParseLine \
 	./daemon/kmsv2:FuzzDecrypt
 
-.PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load clean
+.PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load bench-kms clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -127,6 +127,9 @@ bench: ## Go benchmarks (keystore, daemon HTTP path)
 
 bench-load: build ## coffer bench against a dev node and ceilingd (docs/benchmarks.md)
 	./scripts/bench.sh
+
+bench-kms: build ## KMS v2 plugin (gRPC) next to HTTP wrap/unwrap in the same run (docs/benchmarks.md)
+	$(GO) run ./scripts/kmsv2bench -duration 5s
 
 clean: ## remove build output
 	rm -rf bin
