@@ -339,7 +339,8 @@ func checkUID(uid string) error {
 }
 
 // Status answers healthz "ok" only when the key exists (it is created on
-// first use) and a fresh encrypt/decrypt round trip through it succeeds.
+// first use), the seal device and the audit log work, and a fresh
+// encrypt/decrypt round trip through the key succeeds.
 func (s *Server) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
 	v, err := s.status(ctx)
 	s.health(err)
@@ -359,6 +360,10 @@ func (s *Server) status(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	if err := b.DeviceError(); err != nil {
+		return 0, err
+	}
+	// Encrypt and Decrypt would be refused while the audit log fails.
+	if err := b.Admit(); err != nil {
 		return 0, err
 	}
 	probe := make([]byte, 32)
