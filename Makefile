@@ -100,7 +100,7 @@ test: deps lint build ## everything CI runs: lint, race tests (unit + end-to-end
 	# of its own (e2e/kmsv2/go.mod) so k8s.io/apiserver stays out of Coffer's
 	# dependencies. Without -race: its cold race build of k8s.io/apiserver
 	# costs over a minute more (docs/kubernetes.md, "Tests").
-	cd e2e/kmsv2 && env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -count=1 -timeout 10m ./...
+	cd e2e/kmsv2 && $(GO) vet ./... && env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -count=1 -timeout 10m ./...
 	# A count, not a duration: a duration that ends while a worker runs an
 	# input makes `go test -fuzz` report "context deadline exceeded".
 	$(MAKE) --no-print-directory fuzz-smoke FUZZTIME=30000x

@@ -2,6 +2,7 @@ package kmsv2_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon"
 	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/daemon/kmsv2"
@@ -369,4 +371,33 @@ func TestKMSv2_SocketGroup(t *testing.T) {
 	if got := int(st.Sys().(*syscall.Stat_t).Gid); got != gid {
 		t.Fatalf("socket group %d, want %d (%s)", got, gid, name)
 	}
+}
+
+// TestKMSv2_LiveSocketRefusedAtStart: a second cofferd configured with the
+// KMS socket of a running one does not start (and removes its own API
+// socket again); the first keeps serving.
+func TestKMSv2_LiveSocketRefusedAtStart(t *testing.T) {
+	n := startNode(t, nil, true)
+	n.statusOK()
+	dir := t.TempDir()
+	cfg := config.DefaultConfig()
+	cfg.NodeID = "n2"
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Listener.Path = filepath.Join(dir, "api.sock")
+	cfg.KMSv2 = &config.KMSv2Config{Path: n.cfg.KMSv2.Path, Mode: 0o600, Key: "kubernetes"}
+	srv, err := daemon.New(daemon.Options{Config: cfg, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = srv.Serve(ctx)
+	if err == nil || !strings.Contains(err.Error(), "already serving") || !strings.Contains(err.Error(), "kms_v2") {
+		t.Fatalf("Serve with a live KMS socket: %v", err)
+	}
+	if _, err := os.Stat(cfg.Listener.Path); !os.IsNotExist(err) {
+		t.Errorf("the refused node left its API socket: %v", err)
+	}
+	n.statusOK()
 }
