@@ -343,7 +343,11 @@ func checkUID(uid string) error {
 // encrypt/decrypt round trip through the key succeeds.
 func (s *Server) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
 	v, err := s.status(ctx)
-	s.health(err)
+	if !errors.Is(err, ErrPermissionDenied) {
+		// A refused caller says nothing about the plugin's health (and
+		// must not make the log flap between healthy and unhealthy).
+		s.health(err)
+	}
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
