@@ -98,8 +98,8 @@ test: deps lint build ## everything CI runs: lint, race tests (unit + end-to-end
 	env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -race -count=1 -timeout 12m ./...
 	# The kube-apiserver's KMS v2 client code against a real cofferd: a module
 	# of its own (e2e/kmsv2/go.mod) so k8s.io/apiserver stays out of Coffer's
-	# dependencies. Without -race: its cold race build of k8s.io/apiserver
-	# costs over a minute more (docs/kubernetes.md, "Tests").
+	# dependencies. Without -race: a race build of k8s.io/apiserver costs
+	# over a minute more (docs/kubernetes.md, "Tests").
 	cd e2e/kmsv2 && $(GO) vet ./... && env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -count=1 -timeout 10m ./...
 	# A count, not a duration: a duration that ends while a worker runs an
 	# input makes `go test -fuzz` report "context deadline exceeded".
