@@ -84,7 +84,7 @@ func startNode(t testing.TB, mutate func(*config.Config), initialise bool) *node
 		t.Fatal(err)
 	}
 	logs := &lockedBuffer{}
-	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs})
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: logs})
 	srv, err := daemon.New(daemon.Options{
 		Config: cfg, Logger: log, Version: "test",
 		ExtraAdminUIDs:      []uint32{uint32(os.Getuid())},

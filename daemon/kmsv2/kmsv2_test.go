@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"net"
@@ -67,6 +68,13 @@ func TestKMSv2_RoundTripKeyCreatedAndAudited(t *testing.T) {
 	// The audit log chain still verifies with the plugin's entries in it.
 	if _, err := audit.VerifyFiles(n.cfg.AuditPath()); err != nil {
 		t.Fatalf("audit verify: %v", err)
+	}
+	// The DEK is in no log line and no audit entry, in any encoding.
+	auditLog, _ := os.ReadFile(n.cfg.AuditPath())
+	for _, enc := range []string{string(dek), hex.EncodeToString(dek), base64.StdEncoding.EncodeToString(dek), base64.RawURLEncoding.EncodeToString(dek)} {
+		if strings.Contains(n.logs.String(), enc) || strings.Contains(string(auditLog), enc) {
+			t.Fatal("the DEK appears in the log or the audit log")
+		}
 	}
 }
 
