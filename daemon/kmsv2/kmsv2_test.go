@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -408,4 +409,17 @@ func TestKMSv2_LiveSocketRefusedAtStart(t *testing.T) {
 		t.Errorf("the refused node left its API socket: %v", err)
 	}
 	n.statusOK()
+}
+
+// The plugin's operation names are audit operations (the alert rules'
+// config check and the metrics accept only those).
+func TestKMSv2_OperationNamesKnown(t *testing.T) {
+	for _, op := range []string{kmsv2.OpEncrypt, kmsv2.OpDecrypt} {
+		if !slices.Contains(audit.RequestOperations, op) {
+			t.Errorf("%q is not in audit.RequestOperations", op)
+		}
+	}
+	if _, err := config.ParseConfig([]byte("node_id = \"n1\"\naudit {\n  path = \"/a.log\"\n  alert \"k\" {\n    operations = [\"kms_decrypt\"]\n    outcome = \"denied\"\n    threshold = 3\n  }\n}\n"), "/c.hcl"); err != nil {
+		t.Errorf("an alert rule on kms_decrypt: %v", err)
+	}
 }

@@ -2,7 +2,9 @@
 // API in the same run (docs/benchmarks.md): it starts its own cofferd (dev
 // mode, soft seal, a kms_v2 socket), then runs gRPC Encrypt and Decrypt
 // and HTTP wrap and unwrap of a 32-byte DEK, each at the given
-// concurrencies, and prints one Markdown table row per run: ops/s, p50 and
+// concurrencies (each worker on its own connection, and Decrypt also with
+// all workers on one connection, as the API server does), and prints one
+// Markdown table row per run: ops/s, p50 and
 // p99 latency, and cofferd's CPU time per 1,000 calls (from
 // /proc/PID/stat).
 //
@@ -132,6 +134,17 @@ kms_v2 {
 			return func() error { return call(kc) }, func() { c.Close() }, nil
 		}
 	}
+	// The kube-apiserver multiplexes all its calls over one connection.
+	sharedConn, sharedKC, err := dialKMS(kmsSock)
+	if err != nil {
+		return err
+	}
+	defer sharedConn.Close()
+	sharedOp := func(call func(kmsapi.KeyManagementServiceClient) error) func() (func() error, func(), error) {
+		return func() (func() error, func(), error) {
+			return func() error { return call(sharedKC) }, func() {}, nil
+		}
+	}
 	httpOp := func(path, body string) func() (func() error, func(), error) {
 		return func() (func() error, func(), error) {
 			c := httpClient(apiSock)
@@ -146,6 +159,10 @@ kms_v2 {
 		})},
 		{"HTTP unwrap", httpOp("/v1/keys/kubernetes/unwrap", unwrapBody)},
 		{"gRPC Decrypt", grpcOp(func(kc kmsapi.KeyManagementServiceClient) error {
+			_, err := kc.Decrypt(context.Background(), decReq)
+			return err
+		})},
+		{"gRPC Decrypt, one shared connection", sharedOp(func(kc kmsapi.KeyManagementServiceClient) error {
 			_, err := kc.Decrypt(context.Background(), decReq)
 			return err
 		})},
