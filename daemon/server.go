@@ -28,6 +28,7 @@ import (
 	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/daemon/auth"
 	"github.com/coffer-kms/coffer/daemon/config"
+	"github.com/coffer-kms/coffer/daemon/kmsv2"
 	"github.com/coffer-kms/coffer/daemon/platform"
 	"github.com/coffer-kms/coffer/daemon/seal"
 	"github.com/coffer-kms/coffer/keystore"
@@ -94,6 +95,7 @@ type Server struct {
 	telemetryAddr  string
 	readTimeout    time.Duration // Options.ReadTimeout
 	nonceInterval  time.Duration // Options.NonceInterval
+	kms            *kmsv2.Server // nil without a kms_v2 block (kmsv2.go)
 	stop           chan struct{}
 	bgMu           sync.Mutex // orders goBackground against Close
 	wg             sync.WaitGroup
@@ -284,6 +286,10 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	s.limiter = newConnLimiter(s.cfg.Listener.MaxConnsPerUID, s.cfg.Listener.MaxConns, s.log.Named("limits"))
 	ln = &limitListener{Listener: ln, lim: s.limiter}
+	if err := s.startKMS(); err != nil {
+		ln.Close()
+		return err
+	}
 	s.ln = ln
 	s.http = &http.Server{
 		Handler:           s.Handler(),
@@ -296,11 +302,13 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 	if err := s.serveTelemetry(); err != nil {
+		s.stopKMS()
 		ln.Close()
 		return err
 	}
 	if err := s.startCredentials(); err != nil {
 		s.closeTelemetry()
+		s.stopKMS()
 		ln.Close()
 		return err
 	}
@@ -342,6 +350,7 @@ func (s *Server) Close() error {
 			s.closeTelemetry()
 		}
 		s.stopCredentials()
+		s.stopKMS()
 		s.wg.Wait()
 		s.saveExactNonceCounts()
 		s.ks.Seal()

@@ -25,6 +25,8 @@ var RequestOperations = []string{
 	"raft-peers", "raft-join", "raft-remove-peer", "raft-snapshot-save", "raft-snapshot-restore",
 	// /v1/sys/enrol/tokens…
 	"enrol-token-create", "enrol-token-list", "enrol-token-revoke",
+	// The Kubernetes KMS v2 plugin socket (daemon/kmsv2): Encrypt, Decrypt.
+	"kms_encrypt", "kms_decrypt",
 	"unknown",
 }
 

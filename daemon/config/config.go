@@ -33,6 +33,9 @@ const (
 	DefaultSocketMode = os.FileMode(0o660)
 	DefaultLogLevel   = "info"
 	DefaultLogFormat  = "text"
+	// DefaultKMSv2Mode keeps the KMS v2 socket to the daemon's user and
+	// root (the kube-apiserver runs as root).
+	DefaultKMSv2Mode = os.FileMode(0o600)
 )
 
 // Seal device types.
@@ -166,7 +169,12 @@ type SoftSealConfig struct {
 // KMSv2Config is the Kubernetes KMS v2 plugin socket.
 type KMSv2Config struct {
 	Path string
-	Key  string
+	Mode os.FileMode
+	// Group owns the socket; "" keeps the daemon's own group.
+	Group string
+	// Key is the Coffer key that wraps the API server's DEKs; created at
+	// first use if missing.
+	Key string
 }
 
 // AuditConfig is the audit log (decoded and checked in audit.go).
@@ -363,6 +371,9 @@ func (c *Config) Validate() error {
 		}
 		if k.Path == c.Listener.Path {
 			return c.errAt("kms_v2.path", "kms_v2.path is the API socket %s; give the KMS plugin its own socket path", k.Path)
+		}
+		if k.Mode&^os.ModePerm != 0 {
+			return c.errAt("kms_v2.mode", "kms_v2 mode %#o has bits beyond the permission bits; use an octal string like \"0600\"", uint32(k.Mode))
 		}
 		if k.Key == "" {
 			return c.errAt("kms_v2.key", "kms_v2 needs key, the name of the Coffer key that encrypts Kubernetes secrets; add key = \"kubernetes\"")

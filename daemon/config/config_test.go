@@ -58,8 +58,10 @@ seal "pkcs11" {
 }
 
 kms_v2 {                           # optional Kubernetes KMS v2 plugin socket
-  path = "/run/coffer/kms-v2.sock"
-  key  = "kubernetes"
+  path  = "/run/coffer/kms-v2.sock"
+  mode  = "0600"                   # who may connect (policies still apply)
+  group = ""
+  key   = "kubernetes"             # created at first use if missing
 }
 
 audit {
@@ -100,7 +102,7 @@ func TestParseConfig_SpecExample(t *testing.T) {
 			KeyLabel:    "coffer-seal",
 			GenerateKey: true,
 		}},
-		KMSv2:     &KMSv2Config{Path: "/run/coffer/kms-v2.sock", Key: "kubernetes"},
+		KMSv2:     &KMSv2Config{Path: "/run/coffer/kms-v2.sock", Mode: 0o600, Key: "kubernetes"},
 		Audit:     &AuditConfig{Path: "/var/log/coffer/audit.log"},
 		Telemetry: &TelemetryConfig{PrometheusListen: "127.0.0.1:9464"},
 		File:      testFile,
@@ -617,6 +619,11 @@ func TestParseConfig_Bad(t *testing.T) {
 			name: "kms_v2 on the API socket",
 			src:  "node_id = \"n1\"\nkms_v2 {\n  path = \"/run/coffer/coffer.sock\"\n  key = \"k\"\n}\n",
 			want: `c.hcl:3: kms_v2.path is the API socket`,
+		},
+		{
+			name: "kms_v2 bad mode",
+			src:  "node_id = \"n1\"\nkms_v2 {\n  path = \"/k.sock\"\n  mode = \"rw\"\n  key = \"k\"\n}\n",
+			want: `c.hcl:4: kms_v2 mode "rw" is not an octal permission string`,
 		},
 		{
 			name: "audit without path",

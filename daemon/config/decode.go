@@ -53,7 +53,7 @@ var tpmSchema = attrSchema("device", "address", "pcrs")
 
 var softSchema = attrSchema("key_file")
 
-var kmsSchema = attrSchema("path", "key")
+var kmsSchema = attrSchema("path", "mode", "group", "key")
 
 func attrSchema(names ...string) *hcl.BodySchema {
 	s := &hcl.BodySchema{}
@@ -187,9 +187,7 @@ func (d *decoder) root(body hcl.Body) {
 		case "kms_v2":
 			k := &KMSv2Config{}
 			c.KMSv2 = k
-			b := d.body(blk, kmsSchema, "kms_v2")
-			b.str("path", &k.Path)
-			b.str("key", &k.Key)
+			d.kmsV2(blk, k)
 		case "credentials":
 			cr := &CredentialsConfig{}
 			c.Credentials = cr
@@ -231,6 +229,23 @@ func (d *decoder) listener(blk *hcl.Block) {
 			return
 		}
 		l.Mode = m
+	}
+}
+
+func (d *decoder) kmsV2(blk *hcl.Block, k *KMSv2Config) {
+	k.Mode = DefaultKMSv2Mode
+	b := d.body(blk, kmsSchema, "kms_v2")
+	b.str("path", &k.Path)
+	b.str("group", &k.Group)
+	b.str("key", &k.Key)
+	var mode string
+	if rng, ok := b.str("mode", &mode); ok {
+		m, err := parseMode(mode)
+		if err != nil {
+			d.errf(rng, "kms_v2 mode %q is not an octal permission string like \"0600\"", mode)
+			return
+		}
+		k.Mode = m
 	}
 }
 

@@ -138,6 +138,15 @@ func (m *Manager) HasDevice() bool { return m.dev != nil }
 // DeviceHealthy reports whether the node has a device and it last worked.
 func (m *Manager) DeviceHealthy() bool { return m.dev != nil && m.dev.lastError() == "" }
 
+// DeviceError is the device's last health-check failure, "" while it works
+// or when the node has no device.
+func (m *Manager) DeviceError() string {
+	if m.dev == nil {
+		return ""
+	}
+	return m.dev.lastError()
+}
+
 // Kind is the seal type: the device type, or "shamir".
 func (m *Manager) Kind() string {
 	if m.dev == nil {
