@@ -45,7 +45,7 @@ FUZZ_TARGETS := \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine
 
-.PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load clean
+.PHONY: help deps build run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -92,7 +92,10 @@ lint: ## gofmt and go vet
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-test: deps lint build ## everything CI runs: lint, race tests (unit + end-to-end), fuzz smoke
+licenses: ## check that every linked module's licence is compatible and listed in docs/licenses.md
+	scripts/licenses.sh --check
+
+test: deps lint licenses build ## everything CI runs: lint, race tests (unit + end-to-end), fuzz smoke
 	env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -race -count=1 -timeout 12m ./...
 	# A count, not a duration: a duration that ends while a worker runs an
 	# input makes `go test -fuzz` report "context deadline exceeded".
