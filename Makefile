@@ -43,7 +43,8 @@ FUZZ_TARGETS := \
 	./keystore:FuzzDecodeCommand \
 	./daemon:FuzzDecodeRequest \
 	./daemon/config:FuzzParseConfig \
-	./daemon/audit:FuzzParseLine
+	./daemon/audit:FuzzParseLine \
+	./client:FuzzEnvelopeOpen
 
 .PHONY: help deps build run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load clean
 

@@ -132,6 +132,8 @@ func (e *env) newApp() *ucli.App {
 			e.unwrapCommand(),
 			e.rewrapCommand(),
 			e.datakeyCommand(),
+			e.encryptCommand(),
+			e.decryptCommand(),
 			e.policyCommand(),
 			e.tlsCommand(),
 			e.auditCommand(),

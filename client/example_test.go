@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -17,6 +18,15 @@ import (
 // `cofferd --dev` node: initialised, unsealed, with a key "dev", its
 // socket in $COFFER_SOCKET as a service's unit would set it.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	// Fuzzing (make fuzz-smoke) runs only the fuzz target, in worker
+	// processes that each run TestMain: no node for them.
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		os.Exit(m.Run())
+	}
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		os.Exit(m.Run())
+	}
 	bin, err := devnode.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
