@@ -15,7 +15,7 @@ FUZZTIME   ?= 5s
 # systemd-nspawn, debootstrap and pgrep to boot a real systemd for the
 # unit's end-to-end test).
 APT_PKGS   := gcc libc6-dev softhsm2 opensc swtpm swtpm-tools tpm2-tools curl \
-              systemd systemd-container debootstrap procps
+              systemd systemd-container debootstrap procps man-db groff-base
 
 # Install layout: `make install DESTDIR=/tmp/stage PREFIX=/usr`. PREFIX
 # defaults to /usr/local for a hand install; packages use /usr. systemd
@@ -34,6 +34,7 @@ BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 # and in site-functions under /usr/local.
 ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+MANDIR      ?= $(DATADIR)/man
 
 # Fuzz targets: package, target.
 FUZZ_TARGETS := \
@@ -46,7 +47,7 @@ FUZZ_TARGETS := \
 	./daemon/audit:FuzzParseLine \
 	./client:FuzzEnvelopeOpen
 
-.PHONY: help deps build run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load clean
+.PHONY: help deps build man run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -64,10 +65,15 @@ build: ## build bin/cofferd and bin/coffer
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cofferd ./cmd/cofferd
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/coffer ./cmd/coffer
 
-install: build ## install binaries, systemd units, sysusers/tmpfiles, examples, completions (DESTDIR=, PREFIX=/usr/local)
+man: ## render the man pages into bin/man (coffer(1) and a page per command, cofferd(8), cofferd.hcl(5))
+	rm -rf bin/man
+	$(GO) run ./internal/mangen -out bin/man -src docs/man -version $(VERSION)
+
+install: build man ## install binaries, systemd units, sysusers/tmpfiles, examples, completions, man pages (DESTDIR=, PREFIX=/usr/local)
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
 		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(BASHCOMPDIR) \
-		$(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+		$(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 bin/cofferd bin/coffer $(DESTDIR)$(BINDIR)/
 	@# The unit names the binary by its installed path.
 	sed 's#^ExecStart=/usr/bin/cofferd #ExecStart=$(BINDIR)/cofferd #' systemd/cofferd.service > bin/cofferd.service
@@ -80,6 +86,10 @@ install: build ## install binaries, systemd units, sysusers/tmpfiles, examples, 
 	bin/coffer completion bash > $(DESTDIR)$(BASHCOMPDIR)/coffer
 	bin/coffer completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_coffer
 	bin/coffer completion fish > $(DESTDIR)$(FISHCOMPDIR)/coffer.fish
+	install -m 0644 bin/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 bin/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 bin/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 LICENSE docs/licenses.md docs/envelope.md $(DESTDIR)$(DOCDIR)/
 	@if [ -z "$(DESTDIR)" ]; then \
 		echo "installed. Next (as root): systemd-sysusers coffer.conf && systemd-tmpfiles --create coffer.conf && systemctl daemon-reload,"; \
 		echo "then write /etc/coffer/cofferd.hcl (examples in $(DOCDIR)/examples) and see $(DOCDIR)/operations.md"; \
