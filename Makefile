@@ -47,7 +47,7 @@ FUZZ_TARGETS := \
 	./daemon/audit:FuzzParseLine \
 	./client:FuzzEnvelopeOpen
 
-.PHONY: help deps build man run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load clean
+.PHONY: help deps build man deb run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,8 +62,8 @@ deps: ## install what builds and tests need (apt-get, only what is missing)
 	@$(GO) mod download
 
 build: ## build bin/cofferd and bin/coffer
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cofferd ./cmd/cofferd
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/coffer ./cmd/coffer
+	$(GO) build -trimpath $(BUILDFLAGS) -ldflags '$(LDFLAGS) $(EXTLDFLAGS)' -o bin/cofferd ./cmd/cofferd
+	$(GO) build -trimpath $(BUILDFLAGS) -ldflags '$(LDFLAGS) $(EXTLDFLAGS)' -o bin/coffer ./cmd/coffer
 
 man: ## render the man pages into bin/man (coffer(1) and a page per command, cofferd(8), cofferd.hcl(5))
 	rm -rf bin/man
@@ -93,6 +93,23 @@ install: build man ## install binaries, systemd units, sysusers/tmpfiles, exampl
 	@if [ -z "$(DESTDIR)" ]; then \
 		echo "installed. Next (as root): systemd-sysusers coffer.conf && systemd-tmpfiles --create coffer.conf && systemctl daemon-reload,"; \
 		echo "then write /etc/coffer/cofferd.hcl (examples in $(DOCDIR)/examples) and see $(DOCDIR)/operations.md"; \
+	fi
+
+# The package version (dpkg needs a leading digit): by default VERSION
+# without a leading v and with "-" as "+" (v1.2.0-3-gabc1234 gives
+# 1.2.0+3+gabc1234), or 0~git<VERSION> before the first tag.
+DEB_VERSION ?=
+
+deb: ## build coffer_<version>_amd64.deb with dpkg-deb into bin/ (lintian-checked when lintian is installed)
+	rm -rf bin/deb-root
+	@# Hardened as Debian builds C: position-independent, full RELRO.
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/bin/deb-root PREFIX=/usr \
+		BUILDFLAGS=-buildmode=pie EXTLDFLAGS="-linkmode=external -extldflags=-Wl,-z,relro,-z,now"
+	@deb=$$(scripts/mkdeb.sh bin/deb-root '$(or $(DEB_VERSION),$(VERSION))' '$(COMMIT)' bin) && echo "built $$deb" && \
+	if command -v lintian >/dev/null; then \
+		lintian --fail-on error,warning --suppress-tags-from-file packaging/deb/lintian-suppressed "$$deb"; \
+	else \
+		echo "lintian is not installed (apt-get install lintian): the package was not checked"; \
 	fi
 
 run: build ## start a dev node in the foreground (initialised, unsealed, key "dev")
