@@ -19,10 +19,13 @@ arch=$(dpkg --print-architecture)
 doc=$stage/usr/share/doc/coffer
 
 version=${version#v}
-case "$version" in
-[0-9]*) version=$(echo "$version" | tr - +) ;;
-*) version="0~git$(echo "$version" | tr - +)" ;;
-esac
+# A release tag (1.2.0, v1.2.0-3-gabc1234) is kept; a bare commit hash
+# (no tag yet; it may start with a digit) sorts before any release.
+if echo "$version" | grep -Eq '^[0-9]+\.[0-9]'; then
+	version=$(echo "$version" | tr - +)
+else
+	version="0~git$(echo "$version" | tr - +)"
+fi
 
 # Debian ships the licence as the copyright file and the common licence
 # text; the repository's LICENSE would be an extra copy (lintian).
