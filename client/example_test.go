@@ -1,10 +1,12 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"testing"
@@ -132,4 +134,38 @@ func Example_errors() {
 		log.Fatal(err)
 	}
 	// Output: no such key
+}
+
+// Envelope-encrypt data of any size in constant memory, and read it back.
+// Encrypting needs datakey on the key; decrypting only unwrap.
+func ExampleClient_Encrypt() {
+	ctx := context.Background()
+	c := client.NewFromEnv()
+	defer c.Close()
+
+	var sealed bytes.Buffer // a file, a pipe, an object store upload…
+	w, err := c.Encrypt(ctx, &sealed, "dev")
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i := range 1000 {
+		fmt.Fprintf(w, "backup line %d\n", i)
+	}
+	if err := w.Close(); err != nil { // writes the final chunk
+		log.Fatal(err)
+	}
+
+	r, err := c.Decrypt(ctx, &sealed)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer r.Close()
+	plain, err := io.ReadAll(r)
+	if err != nil {
+		// errors.Is(err, client.ErrEnvelope): truncated, reordered or
+		// tampered; throw away what was read.
+		log.Fatal(err)
+	}
+	fmt.Println(bytes.Count(plain, []byte("\n")), "lines")
+	// Output: 1000 lines
 }

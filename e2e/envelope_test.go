@@ -292,3 +292,58 @@ func (h *hwm) stop() int {
 	defer h.mu.Unlock()
 	return h.peak
 }
+
+// TestE2E_EnvelopePolicies: encrypting needs only datakey on the key,
+// decrypting only unwrap on the key the header names (spec/CLI.md), for a
+// caller that is not an admin.
+func TestE2E_EnvelopePolicies(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the client as uid 65534")
+	}
+	const nobody = 65534
+	d := newDaemon(t, "")
+	d.start()
+	d.unsealWith(d.initNode()[:3])
+	d.mustCoffer("", "key", "create", "files")
+	dir, err := os.MkdirTemp("", "cofenv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	in := filepath.Join(dir, "in")
+	os.WriteFile(in, patterned(100000), 0o644)
+	grant := func(ops string) {
+		pol := filepath.Join(d.dir, "policy.json")
+		os.WriteFile(pol, []byte(fmt.Sprintf(`{"subjects":{"uids":[%d]},"keys":["files"],"operations":[%s]}`, nobody, ops)), 0o644)
+		d.mustCoffer("", "policy", "write", "nobody-files", pol)
+	}
+	env := filepath.Join(dir, "in.cfe")
+	out := filepath.Join(dir, "out")
+
+	// Without datakey: refused, nothing written.
+	grant(`"wrap","unwrap"`)
+	if r := d.coffer("", nobody, "encrypt", "--key", "files", "--out", env, in); r.code != 1 || !strings.Contains(r.stderr, "permission_denied") {
+		t.Fatalf("encrypt without datakey: exit %d %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(env); !os.IsNotExist(err) {
+		t.Fatal("a refused encrypt left its output")
+	}
+	// datakey alone encrypts.
+	grant(`"datakey"`)
+	if r := d.coffer("", nobody, "encrypt", "--key", "files", "--out", env, in); r.code != 0 {
+		t.Fatalf("encrypt with datakey: exit %d %q", r.code, r.stderr)
+	}
+	// ... but does not decrypt.
+	if r := d.coffer("", nobody, "decrypt", "--out", out, env); r.code != 1 || !strings.Contains(r.stderr, "permission_denied") || !strings.Contains(r.stderr, `key "files"`) {
+		t.Fatalf("decrypt without unwrap: exit %d %q", r.code, r.stderr)
+	}
+	// unwrap alone decrypts.
+	grant(`"unwrap"`)
+	if r := d.coffer("", nobody, "decrypt", "--out", out, env); r.code != 0 {
+		t.Fatalf("decrypt with unwrap: exit %d %q", r.code, r.stderr)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, patterned(100000)) {
+		t.Fatal("decrypted file differs")
+	}
+}
