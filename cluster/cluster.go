@@ -243,7 +243,11 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 			// The entry was appended and may still be committed by the
 			// next leader.
 			return nil, fmt.Errorf("%w (leadership was lost while the write was in flight)", ErrOutcomeUnknown)
-		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
+		case errors.Is(err, raft.ErrRaftShutdown):
+			// The entry may have been appended before the shutdown and be
+			// committed after a restart.
+			return nil, fmt.Errorf("%w (raft shut down while the write was in flight)", ErrOutcomeUnknown)
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return nil, ErrNoLeader
 		}
 		return nil, fmt.Errorf("raft apply: %w", err)
