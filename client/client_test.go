@@ -129,7 +129,9 @@ func TestRetry_StopsAtDeadline(t *testing.T) {
 			if !errors.Is(err, ErrSealed) {
 				t.Fatalf("err = %v, want ErrSealed", err)
 			}
-			if took > tt.limit+200*time.Millisecond {
+			// Slack for a loaded machine; the default policy would run
+			// for 30 s.
+			if took > tt.limit+time.Second {
 				t.Fatalf("took %v, deadline %v", took, tt.limit)
 			}
 			if n := f.calls.Load() - before; n < 3 {

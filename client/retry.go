@@ -16,7 +16,9 @@ import (
 // context's deadline; it never sleeps past either: when the next attempt
 // would come too late, it returns the last error at once.
 type RetryPolicy struct {
-	// MaxElapsed bounds the time spent on one call, retries included;
+	// MaxElapsed bounds how long a call keeps starting new attempts:
+	// no attempt starts, and no backoff sleeps, past it. An attempt in
+	// flight is bounded only by the context (give calls a deadline).
 	// 0 disables retries.
 	MaxElapsed time.Duration
 	// Initial is the first backoff (default 50ms); each retry doubles it up
