@@ -136,6 +136,16 @@ func TestE2E_EnvelopeRefused(t *testing.T) {
 		}},
 		{"not an envelope", "not a coffer envelope", func([]byte) []byte { return []byte("hello") }},
 	}
+	// To stdout it streams: what was written before the failure is the
+	// verified chunks only (docs/envelope.md, the streaming trade-off).
+	t.Run("stdout gets only verified chunks", func(t *testing.T) {
+		bad := append([]byte{}, env...)
+		bad[at(2)+9] ^= 4
+		r := cofferAt(t, n.Socket, bytes.NewReader(bad), "decrypt")
+		if r.code != 1 || !bytes.Equal(r.stdout, pt[:2*chunk]) || !strings.Contains(string(r.stderr), "chunk 2 does not authenticate") {
+			t.Fatalf("exit %d, %d bytes on stdout (want chunks 0-1: %d), stderr %q", r.code, len(r.stdout), 2*chunk, r.stderr)
+		}
+	})
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			bad := filepath.Join(dir, "bad.cfe")

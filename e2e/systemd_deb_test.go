@@ -65,6 +65,7 @@ func TestE2E_SystemdDeb(t *testing.T) {
 	}
 	t.Cleanup(func() { runCmd(t, exec.Command("bash", tb.script, "down", tb.name), "") })
 	tb.must(string(pkg), "sh", "-ec", "cat > /tmp/coffer.deb")
+	t.Logf("container: %s", strings.SplitN(tb.must("", "systemctl", "--version"), "\n", 2)[0])
 
 	// 1. Install: users, directories, units, pages; nothing started.
 	inst := tb.must("", "dpkg", "-i", "/tmp/coffer.deb")
