@@ -15,7 +15,7 @@ FUZZTIME   ?= 5s
 # systemd-nspawn, debootstrap and pgrep to boot a real systemd for the
 # unit's end-to-end test).
 APT_PKGS   := gcc libc6-dev softhsm2 opensc swtpm swtpm-tools tpm2-tools curl \
-              systemd systemd-container debootstrap procps
+              systemd systemd-container debootstrap procps man-db groff-base
 
 # Install layout: `make install DESTDIR=/tmp/stage PREFIX=/usr`. PREFIX
 # defaults to /usr/local for a hand install; packages use /usr. systemd
@@ -34,6 +34,7 @@ BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 # and in site-functions under /usr/local.
 ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+MANDIR      ?= $(DATADIR)/man
 
 # Fuzz targets: package, target.
 FUZZ_TARGETS := \
@@ -47,9 +48,10 @@ FUZZ_TARGETS := \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \
-	./daemon/kmsv2:FuzzDecrypt
+	./daemon/kmsv2:FuzzDecrypt \
+	./client:FuzzEnvelopeOpen
 
-.PHONY: help deps build run install test test-unit test-systemd lint fuzz fuzz-smoke bench bench-load bench-kms clean
+.PHONY: help deps build man deb run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load bench-kms clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,13 +67,18 @@ deps: ## install what builds and tests need (apt-get, only what is missing)
 	@cd e2e/kmsv2 && $(GO) mod download
 
 build: ## build bin/cofferd and bin/coffer
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cofferd ./cmd/cofferd
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/coffer ./cmd/coffer
+	$(GO) build -trimpath $(BUILDFLAGS) -ldflags '$(LDFLAGS) $(EXTLDFLAGS)' -o bin/cofferd ./cmd/cofferd
+	$(GO) build -trimpath $(BUILDFLAGS) -ldflags '$(LDFLAGS) $(EXTLDFLAGS)' -o bin/coffer ./cmd/coffer
 
-install: build ## install binaries, systemd units, sysusers/tmpfiles, examples, completions (DESTDIR=, PREFIX=/usr/local)
+man: ## render the man pages into bin/man (coffer(1) and a page per command, cofferd(8), cofferd.hcl(5))
+	rm -rf bin/man
+	$(GO) run ./scripts/mangen -out bin/man -src docs/man -version $(VERSION)
+
+install: build man ## install binaries, systemd units, sysusers/tmpfiles, examples, completions, man pages (DESTDIR=, PREFIX=/usr/local)
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
 		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(BASHCOMPDIR) \
-		$(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+		$(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 bin/cofferd bin/coffer $(DESTDIR)$(BINDIR)/
 	@# The unit names the binary by its installed path.
 	sed 's#^ExecStart=/usr/bin/cofferd #ExecStart=$(BINDIR)/cofferd #' systemd/cofferd.service > bin/cofferd.service
@@ -84,9 +91,33 @@ install: build ## install binaries, systemd units, sysusers/tmpfiles, examples, 
 	bin/coffer completion bash > $(DESTDIR)$(BASHCOMPDIR)/coffer
 	bin/coffer completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_coffer
 	bin/coffer completion fish > $(DESTDIR)$(FISHCOMPDIR)/coffer.fish
+	install -m 0644 bin/man/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 bin/man/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 bin/man/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 LICENSE docs/licenses.md docs/envelope.md $(DESTDIR)$(DOCDIR)/
 	@if [ -z "$(DESTDIR)" ]; then \
 		echo "installed. Next (as root): systemd-sysusers coffer.conf && systemd-tmpfiles --create coffer.conf && systemctl daemon-reload,"; \
 		echo "then write /etc/coffer/cofferd.hcl (examples in $(DOCDIR)/examples) and see $(DOCDIR)/operations.md"; \
+	fi
+
+# The package version (dpkg needs a leading digit): by default VERSION
+# without a leading v and with "-" as "+" (v1.2.0-3-gabc1234 gives
+# 1.2.0+3+gabc1234), or 0~git<VERSION> before the first tag.
+DEB_VERSION ?=
+
+deb: ## build coffer_<version>_amd64.deb with dpkg-deb into bin/ (lintian-checked when lintian is installed)
+	rm -rf bin/deb-root
+	@# Hardened as Debian builds C: position-independent, full RELRO.
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/bin/deb-root PREFIX=/usr \
+		BUILDFLAGS=-buildmode=pie EXTLDFLAGS="-linkmode=external -extldflags=-Wl,-z,relro,-z,now"
+	@deb=$$(scripts/mkdeb.sh bin/deb-root '$(or $(DEB_VERSION),$(VERSION))' '$(COMMIT)' bin) && echo "built $$deb" && \
+	if ! command -v lintian >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null 2>&1 || true; \
+	fi; \
+	if command -v lintian >/dev/null; then \
+		lintian --fail-on error,warning "$$deb"; \
+	else \
+		echo "note: lintian could not be installed (apt-get install lintian): the package was not checked"; \
 	fi
 
 run: build ## start a dev node in the foreground (initialised, unsealed, key "dev")
@@ -97,7 +128,10 @@ lint: ## gofmt and go vet
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-test: deps lint build ## everything CI runs: lint, race tests (unit + end-to-end), fuzz smoke
+licenses: ## check that every linked module's licence is compatible and listed in docs/licenses.md
+	scripts/licenses.sh --check
+
+test: deps lint licenses build ## everything CI runs: lint, race tests (unit + end-to-end), fuzz smoke
 	env -u COFFER_SOCKET -u COFFER_FORMAT $(GO) test -race -count=1 -timeout 12m ./...
 	# The kube-apiserver's KMS v2 client code against a real cofferd: a module
 	# of its own (e2e/kmsv2/go.mod) so k8s.io/apiserver stays out of Coffer's

@@ -49,7 +49,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if len(args) == 0 {
 		args = []string{"coffer"}
 	}
-	e := &env{args: args, stdin: stdin, stdout: stdout, stderr: stderr}
+	e := &env{args: args, stdin: stdin, stdout: stdout, stderr: stderr, jsonErrors: wantsJSON(args)}
 	app := e.newApp()
 	return e.exitStatus(app.RunContext(ctx, normalizeArgs(app, args)))
 }
@@ -59,6 +59,9 @@ type env struct {
 	args           []string
 	stdin          io.Reader
 	stdout, stderr io.Writer
+	// jsonErrors: --format json is in effect, so errors go to stderr as
+	// the API's error body (cli/errors_json.go).
+	jsonErrors bool
 }
 
 // usageError is a mistake on the command line: exit status 2.
@@ -84,6 +87,8 @@ func (e *env) exitStatus(err error) int {
 		return ExitOK
 	case errors.As(err, &code):
 		return int(code)
+	case e.jsonErrors:
+		return e.printJSONError(err)
 	case errors.As(err, &ue):
 		fmt.Fprintf(e.stderr, "coffer: %s\n", ue.msg)
 		return ExitUsage
@@ -132,6 +137,8 @@ func (e *env) newApp() *ucli.App {
 			e.unwrapCommand(),
 			e.rewrapCommand(),
 			e.datakeyCommand(),
+			e.encryptCommand(),
+			e.decryptCommand(),
 			e.policyCommand(),
 			e.secretCommand(),
 			e.runCommand(),

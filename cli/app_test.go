@@ -337,7 +337,7 @@ func TestWrap_TooLarge(t *testing.T) {
 			if r.code != ExitError {
 				t.Fatalf("exit %d, want 1", r.code)
 			}
-			if !strings.Contains(r.stderr, "larger than 64 KiB") || !strings.Contains(r.stderr, "coffer datakey") {
+			if !strings.Contains(r.stderr, "larger than 64 KiB") || !strings.Contains(r.stderr, "coffer encrypt") {
 				t.Fatalf("stderr %q", r.stderr)
 			}
 			if len(f.requests()) != 0 {

@@ -57,9 +57,8 @@ func (e *env) wrapCommand() *ucli.Command {
 		UsageText: "coffer wrap --key NAME [--aad TEXT] [FILE|-]",
 		Description: "Encrypts the bytes of FILE (or stdin, without FILE or with -) under the key's\n" +
 			"latest version and prints the ciphertext (coffer:v<N>:...) on one line.\n" +
-			"One plaintext is at most 64 KiB: for larger data use envelope encryption, i.e.\n" +
-			"encrypt the data locally with a data key from 'coffer datakey' and store the\n" +
-			"data key's ciphertext next to it.",
+			"One plaintext is at most 64 KiB: for larger data use 'coffer encrypt' (envelope\n" +
+			"encryption of any size, streamed).",
 		Flags: []ucli.Flag{keyFlag(), aadFlag()},
 	}, `coffer wrap --key billing-db db-password.txt > db-password.coffer
 printf 's3cret' | coffer wrap --key billing-db --aad "db=billing"`, 0, 1, func(x *cmd) error {
@@ -106,8 +105,7 @@ func readPlaintext(x *cmd) ([]byte, error) {
 	if len(data) > api.MaxPlaintext {
 		clear(data)
 		return nil, fmt.Errorf("the plaintext in %s is larger than 64 KiB, the most one wrap takes; "+
-			"use envelope encryption: get a data key with 'coffer datakey --key NAME', encrypt the data locally with it, "+
-			"and keep the data key's ciphertext next to the data", name)
+			"use envelope encryption instead: 'coffer encrypt --key NAME [FILE]' (any size, streamed)", name)
 	}
 	return data, nil
 }

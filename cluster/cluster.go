@@ -30,6 +30,21 @@ import (
 // ErrNoLeader: a write could not reach a raft leader in time.
 var ErrNoLeader = errors.New("no raft leader: the write could not be committed in time; check that a quorum of nodes is up (`coffer status`)")
 
+// ErrOutcomeUnknown: a write reached the leader but leadership was lost (or
+// the leader stopped answering) before this node learnt whether it
+// committed. It may or may not have been applied, so it must not be sent
+// again blindly. It also matches ErrNoLeader, for callers that only know
+// that one.
+var ErrOutcomeUnknown error = outcomeUnknown{}
+
+type outcomeUnknown struct{}
+
+func (outcomeUnknown) Error() string {
+	return "the write reached the raft leader but its outcome is unknown: it may or may not have been applied; read before retrying"
+}
+
+func (outcomeUnknown) Is(target error) bool { return target == ErrNoLeader }
+
 // StateMachine is what the node replicates: the keystore. Apply must be
 // deterministic; Snapshot must return quickly with a copy that can be
 // written while Apply runs; Restore discards all earlier state.
@@ -258,8 +273,12 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 		case errors.Is(err, raft.ErrLeadershipLost):
 			// The entry was appended and may still be committed by the
 			// next leader.
-			return nil, fmt.Errorf("%w: leadership was lost while the write was in flight; it may or may not have been applied, read before retrying", ErrNoLeader)
-		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
+			return nil, fmt.Errorf("%w (leadership was lost while the write was in flight)", ErrOutcomeUnknown)
+		case errors.Is(err, raft.ErrRaftShutdown):
+			// The entry may have been appended before the shutdown and be
+			// committed after a restart.
+			return nil, fmt.Errorf("%w (raft shut down while the write was in flight)", ErrOutcomeUnknown)
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return nil, ErrNoLeader
 		}
 		return nil, fmt.Errorf("raft apply: %w", err)

@@ -117,7 +117,7 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 			// The leader may have received the command and committed it:
 			// sending it again could apply it twice, so the outcome is
 			// unknown to the caller.
-			return nil, fmt.Errorf("%w: the leader (%s) did not answer; the write may or may not have been applied, read before retrying", ErrNoLeader, addr)
+			return nil, fmt.Errorf("%w (the leader %s did not answer)", ErrOutcomeUnknown, addr)
 		}
 		switch {
 		case status == http.StatusMisdirectedRequest && out.Error == errNotLeader:
@@ -128,11 +128,17 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 		case status == http.StatusBadRequest:
 			// A bug on this side, not a cluster problem: say so.
 			return nil, fmt.Errorf("the leader refused the command: %s", out.Error)
+		case status == http.StatusServiceUnavailable && out.Error != "":
+			// The leader's apply failed after the entry may have been
+			// appended (leadership lost): the outcome is unknown.
+			return nil, fmt.Errorf("%w (the leader answered: %s)", ErrOutcomeUnknown, out.Error)
 		case out.Error != "":
 			return nil, fmt.Errorf("%w: %s", ErrNoLeader, out.Error)
 		}
 		if err := n.waitApplied(ctx, out.Index); err != nil {
-			return nil, err
+			// Committed by the leader, not yet applied here: retrying
+			// would apply it twice.
+			return nil, fmt.Errorf("%w (the leader committed it; this node did not catch up in time)", ErrOutcomeUnknown)
 		}
 		return n.cfg.Codec.DecodeResponse(out.Response), nil
 	}

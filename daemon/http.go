@@ -328,6 +328,10 @@ func toAPIError(err error) (int, api.ErrorDetail, bool) {
 		return http.StatusConflict, api.ErrorDetail{Code: api.CodeVersionDisabled, Message: msg}, true
 	case errors.Is(err, keystore.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, api.ErrorDetail{Code: api.CodeTooLarge, Message: msg}, true
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		// Before ErrNoLeader, which it also matches: a client may retry
+		// no_leader but must read before retrying this.
+		return http.StatusServiceUnavailable, api.ErrorDetail{Code: api.CodeOutcomeUnknown, Message: msg}, true
 	case errors.Is(err, keystore.ErrSecretPendingDeletion):
 		return http.StatusConflict, api.ErrorDetail{Code: api.CodePendingDeletion, Message: msg}, true
 	case errors.Is(err, keystore.ErrVersionConflict):

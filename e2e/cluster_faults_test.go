@@ -375,8 +375,8 @@ func TestE2E_Cluster_PauseAndMinority(t *testing.T) {
 		t.Errorf("a linearizable read on a follower sent when the leader froze: %d %q %v after %v, with a new leader after %v; want 200 within 2 s of the election",
 			earlyRead.status, earlyRead.code, earlyRead.err, earlyRead.took.Round(time.Millisecond), took.Round(time.Millisecond))
 	}
-	if earlyWrite.err != nil || (earlyWrite.status != http.StatusCreated && earlyWrite.code != api.CodeNoLeader) {
-		t.Errorf("a write on a follower sent when the leader froze: %d %q %v, want 201 or 503 %s", earlyWrite.status, earlyWrite.code, earlyWrite.err, api.CodeNoLeader)
+	if earlyWrite.err != nil || (earlyWrite.status != http.StatusCreated && earlyWrite.code != api.CodeNoLeader && earlyWrite.code != api.CodeOutcomeUnknown) {
+		t.Errorf("a write on a follower sent when the leader froze: %d %q %v, want 201 or 503 %s or %s", earlyWrite.status, earlyWrite.code, earlyWrite.err, api.CodeNoLeader, api.CodeOutcomeUnknown)
 	}
 	for i, d := range majority {
 		start := time.Now()
@@ -738,6 +738,9 @@ func linClassify(in linInput, r reply) (out linOutput, what string, keep bool) {
 		return linOutput{Kind: linExists}, "already_exists", true
 	case in.Op != linCreate && r.status == http.StatusNotFound && r.code == api.CodeNotFound:
 		return linOutput{Kind: linNotFound}, "not_found", true
+	case r.status == http.StatusServiceUnavailable && r.code == api.CodeOutcomeUnknown:
+		// The write reached a leader and may still be committed.
+		return linOutput{Kind: linUnknown}, "unknown: outcome_unknown", in.Op != linRead
 	case r.status == http.StatusServiceUnavailable && r.code == api.CodeNoLeader:
 		// The write may still be committed later; a read saw nothing.
 		return linOutput{Kind: linUnknown}, "unknown: no_leader", in.Op != linRead
