@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coffer-kms/coffer/daemon/audit"
+	"github.com/coffer-kms/coffer/internal/atomicfile"
 	"github.com/coffer-kms/coffer/keystore"
 )
 
@@ -79,24 +80,7 @@ func (s *Server) saveNonceCounts(cs []keystore.EncryptionCount, reserve uint64) 
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(s.cfg.DataDir, nonceCountsFile)
-	tmp := path + ".tmp"
-	fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := fh.Write(data); err != nil {
-		fh.Close()
-		return err
-	}
-	if err := fh.Sync(); err != nil {
-		fh.Close()
-		return err
-	}
-	if err := fh.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, nonceCountsFile), data, 0o600); err != nil {
 		return err
 	}
 	persisted := make(map[string]uint64, len(f.Counts))
