@@ -326,7 +326,7 @@ func runBench(ctx context.Context, cfg benchConfig) (*benchResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	path := keyPath(cfg.Key, cfg.Op)
+	path := api.KeyPath(cfg.Key, cfg.Op)
 	// One request before any load: a missing key or a sealed node is
 	// reported once, clearly, instead of as a storm of errors.
 	if _, err := (&benchWorker{client: probe, cfg: &cfg, path: path, body: body, errs: map[string]uint64{}}).send(ctx, false); err != nil {

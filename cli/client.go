@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 
@@ -48,61 +47,8 @@ func decodeAnswer(resp *http.Response, method, path string, data []byte, out any
 	return nil
 }
 
-// readAllSecret reads r to its end, at most limit bytes. Unlike io.ReadAll
-// it zeroes every buffer it outgrows, so that no stray copy of a plaintext
-// is left behind; the caller zeroes the result.
-func readAllSecret(r io.Reader, sizeHint, limit int64) ([]byte, error) {
-	n := 512
-	if sizeHint > 0 && sizeHint < limit {
-		n = int(sizeHint) + 1 // +1 so the final Read can report io.EOF without growing
-	}
-	buf := make([]byte, 0, n)
-	for {
-		if len(buf) == cap(buf) {
-			if int64(len(buf)) >= limit {
-				clear(buf)
-				return nil, fmt.Errorf("more than %d bytes", limit)
-			}
-			nb := make([]byte, len(buf), min(int64(2*cap(buf)), limit+1))
-			copy(nb, buf)
-			clear(buf)
-			buf = nb
-		}
-		m, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+m]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			clear(buf)
-			return nil, err
-		}
-	}
-}
-
-// Paths of the API (docs/api.md). Names are path-escaped so that a bad
-// name is refused by cofferd with bad_request rather than routed elsewhere.
-const (
-	pathStatus   = "/v1/sys/status"
-	pathHealth   = "/v1/sys/health"
-	pathInit     = "/v1/sys/init"
-	pathUnseal   = "/v1/sys/unseal"
-	pathSeal     = "/v1/sys/seal"
-	pathReseal   = "/v1/sys/reseal"
-	pathRotate   = "/v1/sys/rotate"
-	pathKeys     = "/v1/keys"
-	pathPolicies = "/v1/policies"
-)
-
-func keyPath(name string, op ...string) string {
-	p := pathKeys + "/" + url.PathEscape(name)
-	for _, s := range op {
-		p += "/" + s
-	}
-	return p
-}
-
-func policyPath(name string) string { return pathPolicies + "/" + url.PathEscape(name) }
+// readAllSecret: client.ReadAllSecret (zeroes what it outgrows).
+var readAllSecret = client.ReadAllSecret
 
 // unsealBody encodes {"share": share} without making a string copy of the
 // share (json.Marshal would, and strings cannot be zeroed).
@@ -133,7 +79,7 @@ func checkBatchLen(got, want int) error {
 }
 
 func deleteKeyPath(name, pendingWindow string) string {
-	p := keyPath(name)
+	p := api.KeyPath(name)
 	if pendingWindow != "" {
 		p += "?pending_window=" + url.QueryEscape(pendingWindow)
 	}

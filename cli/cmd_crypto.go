@@ -77,7 +77,7 @@ printf 's3cret' | coffer wrap --key billing-db --aad "db=billing"`, 0, 1, func(x
 		}
 		defer clear(body)
 		var out api.WrapResult
-		return x.request(http.MethodPost, keyPath(key, "wrap"), body, &out, func() error {
+		return x.request(http.MethodPost, api.KeyPath(key, "wrap"), body, &out, func() error {
 			_, err := fmt.Fprintln(x.stdout, out.Ciphertext)
 			return err
 		})
@@ -151,7 +151,7 @@ coffer unwrap --key billing-db --aad "db=billing" "$(cat db-password.coffer)"`, 
 		}
 		var out api.UnwrapResult
 		defer func() { clear(out.Plaintext) }()
-		return x.request(http.MethodPost, keyPath(key, "unwrap"), api.CiphertextRequest{Ciphertext: ct, AAD: aad(x)}, &out, func() error {
+		return x.request(http.MethodPost, api.KeyPath(key, "unwrap"), api.CiphertextRequest{Ciphertext: ct, AAD: aad(x)}, &out, func() error {
 			_, err := x.stdout.Write(out.Plaintext)
 			return err
 		})
@@ -177,7 +177,7 @@ func (e *env) rewrapCommand() *ucli.Command {
 			return err
 		}
 		var out api.WrapResult
-		return x.request(http.MethodPost, keyPath(key, "rewrap"), api.CiphertextRequest{Ciphertext: ct, AAD: aad(x)}, &out, func() error {
+		return x.request(http.MethodPost, api.KeyPath(key, "rewrap"), api.CiphertextRequest{Ciphertext: ct, AAD: aad(x)}, &out, func() error {
 			_, err := fmt.Fprintln(x.stdout, out.Ciphertext)
 			return err
 		})
@@ -213,7 +213,7 @@ coffer datakey --key billing-db --bytes 32 --no-plaintext`, 0, 0, func(x *cmd) e
 		include := !x.c.Bool("no-plaintext")
 		var out api.DataKeyResponse
 		defer func() { clear(out.Plaintext) }()
-		return x.request(http.MethodPost, keyPath(key, "datakey"),
+		return x.request(http.MethodPost, api.KeyPath(key, "datakey"),
 			api.DataKeyRequest{Bytes: &n, AAD: aad(x), IncludePlaintext: &include}, &out, func() error {
 				if include {
 					if len(out.Plaintext) == 0 {

@@ -89,7 +89,7 @@ coffer key create billing-db --type chacha20-poly1305 --rotation-period 720h`, 1
 				return err
 			}
 		}
-		return x.showKey(http.MethodPost, pathKeys, req)
+		return x.showKey(http.MethodPost, api.PathKeys, req)
 	})
 }
 
@@ -102,7 +102,7 @@ func (e *env) keyListCommand() *ucli.Command {
 	}, `coffer key list
 coffer key list --format json`, 0, 0, func(x *cmd) error {
 		var out api.KeyList
-		return x.request(http.MethodGet, pathKeys, nil, &out, func() error {
+		return x.request(http.MethodGet, api.PathKeys, nil, &out, func() error {
 			return printNames(x.stdout, "NAME", "No keys.", out.Keys)
 		})
 	})
@@ -119,7 +119,7 @@ func (e *env) keyShowCommand() *ucli.Command {
 		if err != nil {
 			return err
 		}
-		return x.showKey(http.MethodGet, keyPath(name), nil)
+		return x.showKey(http.MethodGet, api.KeyPath(name), nil)
 	})
 }
 
@@ -135,7 +135,7 @@ func (e *env) keyRotateCommand() *ucli.Command {
 		if err != nil {
 			return err
 		}
-		return x.showKey(http.MethodPost, keyPath(name, "rotate"), nil)
+		return x.showKey(http.MethodPost, api.KeyPath(name, "rotate"), nil)
 	})
 }
 
@@ -175,7 +175,7 @@ coffer key update billing-db --rotation-period 0`, 1, 1, func(x *cmd) error {
 		if req.MinDecryptionVersion == nil && req.RotationPeriod == nil {
 			return usagef("nothing to update: give --min-decryption-version or --rotation-period")
 		}
-		return x.showKey(http.MethodPatch, keyPath(name), req)
+		return x.showKey(http.MethodPatch, api.KeyPath(name), req)
 	})
 }
 
@@ -218,6 +218,6 @@ func (e *env) keyRestoreCommand() *ucli.Command {
 		if err != nil {
 			return err
 		}
-		return x.showKey(http.MethodPost, keyPath(name, "restore"), nil)
+		return x.showKey(http.MethodPost, api.KeyPath(name, "restore"), nil)
 	})
 }

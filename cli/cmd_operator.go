@@ -21,7 +21,7 @@ func (e *env) statusCommand() *ucli.Command {
 coffer status --format json
 until coffer status >/dev/null; do sleep 1; done   # wait for an unsealed node`, 0, 0, func(x *cmd) error {
 		var st api.Status
-		err := x.request(http.MethodGet, pathStatus, nil, &st, func() error { return printStatus(x.stdout, &st) })
+		err := x.request(http.MethodGet, api.PathStatus, nil, &st, func() error { return printStatus(x.stdout, &st) })
 		if err != nil {
 			return err
 		}
@@ -96,7 +96,7 @@ coffer operator init --shares 2 --threshold 2 --recipient "$(cat alice.pub)" --r
 		}
 		req := api.InitRequest{Shares: n, Threshold: t, Recipients: recipients}
 		var out api.InitResponse
-		return x.request(http.MethodPost, pathInit, req, &out, func() error {
+		return x.request(http.MethodPost, api.PathInit, req, &out, func() error {
 			return printInit(x, &out, req)
 		})
 	})
@@ -138,7 +138,7 @@ func (e *env) sealCommand() *ucli.Command {
 			"decrypted key, and stops serving crypto until it is unsealed again. Other nodes\n" +
 			"are not affected.",
 	}, "coffer operator seal", 0, 0, func(x *cmd) error {
-		return x.request(http.MethodPost, pathSeal, nil, nil, func() error {
+		return x.request(http.MethodPost, api.PathSeal, nil, nil, func() error {
 			_, err := fmt.Fprintln(x.stdout, "Sealed: this node's key material is zeroed. Unseal it with 'coffer operator unseal'.")
 			return err
 		})
@@ -155,7 +155,7 @@ func (e *env) resealCommand() *ucli.Command {
 			"next start. Run it on an unsealed node after its device was replaced or its\n" +
 			"TPM PCR policy changed.",
 	}, "coffer operator unseal && coffer operator reseal", 0, 0, func(x *cmd) error {
-		return x.request(http.MethodPost, pathReseal, nil, nil, func() error {
+		return x.request(http.MethodPost, api.PathReseal, nil, nil, func() error {
 			_, err := fmt.Fprintln(x.stdout, "Resealed: the root key is wrapped with this node's device; it will unseal itself at its next start.")
 			return err
 		})
@@ -171,7 +171,7 @@ func (e *env) rotateCommand() *ucli.Command {
 			"stay readable. Named keys and ciphertexts are not affected.",
 	}, "coffer operator rotate", 0, 0, func(x *cmd) error {
 		var out api.RotateResponse
-		return x.request(http.MethodPost, pathRotate, nil, &out, func() error {
+		return x.request(http.MethodPost, api.PathRotate, nil, &out, func() error {
 			_, err := fmt.Fprintf(x.stdout, "New keyring term: %d\n", out.Term)
 			return err
 		})

@@ -87,7 +87,7 @@ echo '{"subjects":{"units":["billing.service"]},"keys":["billing-*"],"operations
 			return fmt.Errorf("%s names the policy %q but the command names %q: make them agree or drop the name from the file", displayName(file), p.Name, name)
 		}
 		var out api.Policy
-		return x.request(http.MethodPut, policyPath(name), p, &out, func() error {
+		return x.request(http.MethodPut, api.PolicyPath(name), p, &out, func() error {
 			if out.Name == "" {
 				out.Name = name
 			}
@@ -240,7 +240,7 @@ func (e *env) policyListCommand() *ucli.Command {
 		Description: "Lists the names of all policies. 'coffer policy show NAME' prints one.",
 	}, `coffer policy list`, 0, 0, func(x *cmd) error {
 		var out api.PolicyList
-		return x.request(http.MethodGet, pathPolicies, nil, &out, func() error {
+		return x.request(http.MethodGet, api.PathPolicies, nil, &out, func() error {
 			return printNames(x.stdout, "NAME", "No policies.", out.Policies)
 		})
 	})
@@ -259,7 +259,7 @@ coffer policy show billing --format json > billing.json`, 1, 1, func(x *cmd) err
 			return err
 		}
 		var out api.Policy
-		return x.request(http.MethodGet, policyPath(name), nil, &out, func() error {
+		return x.request(http.MethodGet, api.PolicyPath(name), nil, &out, func() error {
 			if out.Name == "" {
 				out.Name = name
 			}
@@ -279,7 +279,7 @@ func (e *env) policyDeleteCommand() *ucli.Command {
 		if err != nil {
 			return err
 		}
-		return x.request(http.MethodDelete, policyPath(name), nil, nil, func() error {
+		return x.request(http.MethodDelete, api.PolicyPath(name), nil, nil, func() error {
 			_, err := fmt.Fprintf(x.stdout, "Deleted policy %s.\n", name)
 			return err
 		})

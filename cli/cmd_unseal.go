@@ -158,12 +158,12 @@ func (x *cmd) progressOut() io.Writer {
 
 func (x *cmd) status() (*api.Status, []byte, error) {
 	var raw []byte
-	resp, err := x.client.Do(x.ctx, http.MethodGet, pathStatus, nil, &raw)
+	resp, err := x.client.Do(x.ctx, http.MethodGet, api.PathStatus, nil, &raw)
 	if err != nil {
 		return nil, nil, err
 	}
 	var st api.Status
-	if err := decodeAnswer(resp, http.MethodGet, pathStatus, raw, &st); err != nil {
+	if err := decodeAnswer(resp, http.MethodGet, api.PathStatus, raw, &st); err != nil {
 		return nil, nil, err
 	}
 	return &st, raw, nil
@@ -173,12 +173,12 @@ func (x *cmd) status() (*api.Status, []byte, error) {
 // returns the status it answers with.
 func (x *cmd) postUnseal(body []byte) (*api.Status, []byte, error) {
 	var raw []byte
-	resp, err := x.client.Do(x.ctx, http.MethodPost, pathUnseal, body, &raw)
+	resp, err := x.client.Do(x.ctx, http.MethodPost, api.PathUnseal, body, &raw)
 	if err != nil {
 		return nil, nil, err
 	}
 	var st api.Status
-	if err := decodeAnswer(resp, http.MethodPost, pathUnseal, raw, &st); err != nil {
+	if err := decodeAnswer(resp, http.MethodPost, api.PathUnseal, raw, &st); err != nil {
 		return nil, nil, err
 	}
 	return &st, raw, nil

@@ -263,7 +263,7 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, rd io.Reade
 	}
 	defer resp.Body.Close()
 
-	data, err := readAllSecret(resp.Body, resp.ContentLength, maxResponse)
+	data, err := ReadAllSecret(resp.Body, resp.ContentLength, maxResponse)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return resp, nil, ctxErr
@@ -295,10 +295,12 @@ func (c *Client) decodeError(resp *http.Response, data []byte) *APIError {
 	return e
 }
 
-// readAllSecret reads r to its end, at most limit bytes. Unlike io.ReadAll
-// it zeroes every buffer it outgrows, so that no stray copy of a plaintext
-// is left behind; the caller zeroes the result.
-func readAllSecret(r io.Reader, sizeHint, limit int64) ([]byte, error) {
+// ReadAllSecret reads r to its end, at most limit bytes (sizeHint, when
+// known and positive, sizes the first buffer). Unlike io.ReadAll it zeroes
+// every buffer it outgrows, so that no stray copy of a plaintext or share
+// is left behind; the caller zeroes the result. The client reads answers
+// with it; services can use it to read a secret from a file or a pipe.
+func ReadAllSecret(r io.Reader, sizeHint, limit int64) ([]byte, error) {
 	n := 512
 	if sizeHint > 0 && sizeHint < limit {
 		n = int(sizeHint) + 1 // +1 so the final Read can report io.EOF without growing
@@ -327,34 +329,10 @@ func readAllSecret(r io.Reader, sizeHint, limit int64) ([]byte, error) {
 	}
 }
 
-// Paths of the API (docs/api.md). Names are path-escaped so that a bad
-// name is refused by cofferd with bad_request rather than routed elsewhere.
-const (
-	pathStatus   = "/v1/sys/status"
-	pathHealth   = "/v1/sys/health"
-	pathInit     = "/v1/sys/init"
-	pathUnseal   = "/v1/sys/unseal"
-	pathSeal     = "/v1/sys/seal"
-	pathReseal   = "/v1/sys/reseal"
-	pathRotate   = "/v1/sys/rotate"
-	pathKeys     = "/v1/keys"
-	pathPolicies = "/v1/policies"
-)
-
-func keyPath(name string, op ...string) string {
-	p := pathKeys + "/" + url.PathEscape(name)
-	for _, s := range op {
-		p += "/" + s
-	}
-	return p
-}
-
-func policyPath(name string) string { return pathPolicies + "/" + url.PathEscape(name) }
-
 // Status returns the node's status (GET /v1/sys/status).
 func (c *Client) Status(ctx context.Context) (*api.Status, error) {
 	var st api.Status
-	if _, err := c.Do(ctx, http.MethodGet, pathStatus, nil, &st); err != nil {
+	if _, err := c.Do(ctx, http.MethodGet, api.PathStatus, nil, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
@@ -365,7 +343,7 @@ func (c *Client) Status(ctx context.Context) (*api.Status, error) {
 // then Health returns that status and a *APIError with the HTTP status and
 // code sealed.
 func (c *Client) Health(ctx context.Context) (*api.Status, error) {
-	resp, data, err := c.roundTrip(ctx, http.MethodGet, pathHealth, nil, false)
+	resp, data, err := c.roundTrip(ctx, http.MethodGet, api.PathHealth, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -376,7 +354,7 @@ func (c *Client) Health(ctx context.Context) (*api.Status, error) {
 		return nil, c.decodeError(resp, data)
 	}
 	var st api.Status
-	if err := decodeAnswer(resp, http.MethodGet, pathHealth, data, &st); err != nil {
+	if err := decodeAnswer(resp, http.MethodGet, api.PathHealth, data, &st); err != nil {
 		return nil, err
 	}
 	if ok {
@@ -393,7 +371,7 @@ func (c *Client) Health(ctx context.Context) (*api.Status, error) {
 // shares: show them once and drop them.
 func (c *Client) Init(ctx context.Context, req api.InitRequest) (*api.InitResponse, error) {
 	var out api.InitResponse
-	if _, err := c.Do(ctx, http.MethodPost, pathInit, req, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.PathInit, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -406,7 +384,7 @@ func (c *Client) Unseal(ctx context.Context, share []byte) (*api.Status, error) 
 	body := unsealBody(share)
 	defer clear(body)
 	var st api.Status
-	if _, err := c.Do(ctx, http.MethodPost, pathUnseal, body, &st); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.PathUnseal, body, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
@@ -437,7 +415,7 @@ func unsealBody(share []byte) []byte {
 // with reset).
 func (c *Client) UnsealReset(ctx context.Context) (*api.Status, error) {
 	var st api.Status
-	if _, err := c.Do(ctx, http.MethodPost, pathUnseal, api.UnsealRequest{Reset: true}, &st); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.PathUnseal, api.UnsealRequest{Reset: true}, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
@@ -445,21 +423,21 @@ func (c *Client) UnsealReset(ctx context.Context) (*api.Status, error) {
 
 // Seal seals this node (POST /v1/sys/seal).
 func (c *Client) Seal(ctx context.Context) error {
-	_, err := c.Do(ctx, http.MethodPost, pathSeal, nil, nil)
+	_, err := c.Do(ctx, http.MethodPost, api.PathSeal, nil, nil)
 	return err
 }
 
 // Reseal wraps the root key with this node's device again (POST
 // /v1/sys/reseal).
 func (c *Client) Reseal(ctx context.Context) error {
-	_, err := c.Do(ctx, http.MethodPost, pathReseal, nil, nil)
+	_, err := c.Do(ctx, http.MethodPost, api.PathReseal, nil, nil)
 	return err
 }
 
 // Rotate adds a keyring term (POST /v1/sys/rotate).
 func (c *Client) Rotate(ctx context.Context) (*api.RotateResponse, error) {
 	var out api.RotateResponse
-	if _, err := c.Do(ctx, http.MethodPost, pathRotate, nil, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.PathRotate, nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -475,13 +453,13 @@ func (c *Client) key(ctx context.Context, method, path string, body any) (*api.K
 
 // CreateKey creates a named key (POST /v1/keys).
 func (c *Client) CreateKey(ctx context.Context, req api.CreateKeyRequest) (*api.Key, error) {
-	return c.key(ctx, http.MethodPost, pathKeys, req)
+	return c.key(ctx, http.MethodPost, api.PathKeys, req)
 }
 
 // ListKeys returns the names of all keys, sorted (GET /v1/keys).
 func (c *Client) ListKeys(ctx context.Context) ([]string, error) {
 	var out api.KeyList
-	if _, err := c.Do(ctx, http.MethodGet, pathKeys, nil, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodGet, api.PathKeys, nil, &out); err != nil {
 		return nil, err
 	}
 	return out.Keys, nil
@@ -489,17 +467,17 @@ func (c *Client) ListKeys(ctx context.Context) ([]string, error) {
 
 // GetKey describes a key (GET /v1/keys/{name}).
 func (c *Client) GetKey(ctx context.Context, name string) (*api.Key, error) {
-	return c.key(ctx, http.MethodGet, keyPath(name), nil)
+	return c.key(ctx, http.MethodGet, api.KeyPath(name), nil)
 }
 
 // UpdateKey changes a key's configuration (PATCH /v1/keys/{name}).
 func (c *Client) UpdateKey(ctx context.Context, name string, req api.UpdateKeyRequest) (*api.Key, error) {
-	return c.key(ctx, http.MethodPatch, keyPath(name), req)
+	return c.key(ctx, http.MethodPatch, api.KeyPath(name), req)
 }
 
 // RotateKey adds a key version (POST /v1/keys/{name}/rotate).
 func (c *Client) RotateKey(ctx context.Context, name string) (*api.Key, error) {
-	return c.key(ctx, http.MethodPost, keyPath(name, "rotate"), nil)
+	return c.key(ctx, http.MethodPost, api.KeyPath(name, "rotate"), nil)
 }
 
 // DeleteKey schedules a key's deletion after pendingWindow, a Go duration
@@ -509,7 +487,7 @@ func (c *Client) DeleteKey(ctx context.Context, name, pendingWindow string) (*ap
 }
 
 func deleteKeyPath(name, pendingWindow string) string {
-	p := keyPath(name)
+	p := api.KeyPath(name)
 	if pendingWindow != "" {
 		p += "?pending_window=" + url.QueryEscape(pendingWindow)
 	}
@@ -518,14 +496,14 @@ func deleteKeyPath(name, pendingWindow string) string {
 
 // RestoreKey cancels a pending deletion (POST /v1/keys/{name}/restore).
 func (c *Client) RestoreKey(ctx context.Context, name string) (*api.Key, error) {
-	return c.key(ctx, http.MethodPost, keyPath(name, "restore"), nil)
+	return c.key(ctx, http.MethodPost, api.KeyPath(name, "restore"), nil)
 }
 
 // Wrap encrypts plaintext (at most api.MaxPlaintext bytes) under the key's
 // latest version.
 func (c *Client) Wrap(ctx context.Context, key string, plaintext, aad []byte) (*api.WrapResult, error) {
 	var out api.WrapResult
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "wrap"), api.WrapRequest{Plaintext: plaintext, AAD: aad}, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "wrap"), api.WrapRequest{Plaintext: plaintext, AAD: aad}, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -535,7 +513,7 @@ func (c *Client) Wrap(ctx context.Context, key string, plaintext, aad []byte) (*
 // order of items; a failed item carries its Error.
 func (c *Client) WrapBatch(ctx context.Context, key string, items []api.WrapItem) ([]api.WrapResult, error) {
 	var out api.WrapBatchResponse
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "wrap"), api.WrapRequest{Batch: items}, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "wrap"), api.WrapRequest{Batch: items}, &out); err != nil {
 		return nil, err
 	}
 	if err := checkBatchLen(len(out.Batch), len(items)); err != nil {
@@ -548,7 +526,7 @@ func (c *Client) WrapBatch(ctx context.Context, key string, items []api.WrapItem
 // use.
 func (c *Client) Unwrap(ctx context.Context, key, ciphertext string, aad []byte) ([]byte, error) {
 	var out api.UnwrapResult
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "unwrap"), api.CiphertextRequest{Ciphertext: ciphertext, AAD: aad}, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "unwrap"), api.CiphertextRequest{Ciphertext: ciphertext, AAD: aad}, &out); err != nil {
 		return nil, err
 	}
 	return out.Plaintext, nil
@@ -557,7 +535,7 @@ func (c *Client) Unwrap(ctx context.Context, key, ciphertext string, aad []byte)
 // UnwrapBatch decrypts several ciphertexts in one request.
 func (c *Client) UnwrapBatch(ctx context.Context, key string, items []api.CiphertextItem) ([]api.UnwrapResult, error) {
 	var out api.UnwrapBatchResponse
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "unwrap"), api.CiphertextRequest{Batch: items}, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "unwrap"), api.CiphertextRequest{Batch: items}, &out); err != nil {
 		return nil, err
 	}
 	if err := checkBatchLen(len(out.Batch), len(items)); err != nil {
@@ -570,7 +548,7 @@ func (c *Client) UnwrapBatch(ctx context.Context, key string, items []api.Cipher
 // plaintext never leaves cofferd.
 func (c *Client) Rewrap(ctx context.Context, key, ciphertext string, aad []byte) (*api.WrapResult, error) {
 	var out api.WrapResult
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "rewrap"), api.CiphertextRequest{Ciphertext: ciphertext, AAD: aad}, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "rewrap"), api.CiphertextRequest{Ciphertext: ciphertext, AAD: aad}, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -579,7 +557,7 @@ func (c *Client) Rewrap(ctx context.Context, key, ciphertext string, aad []byte)
 // RewrapBatch rewraps several ciphertexts in one request.
 func (c *Client) RewrapBatch(ctx context.Context, key string, items []api.CiphertextItem) ([]api.WrapResult, error) {
 	var out api.WrapBatchResponse
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "rewrap"), api.CiphertextRequest{Batch: items}, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "rewrap"), api.CiphertextRequest{Batch: items}, &out); err != nil {
 		return nil, err
 	}
 	if err := checkBatchLen(len(out.Batch), len(items)); err != nil {
@@ -599,7 +577,7 @@ func checkBatchLen(got, want int) error {
 // /v1/keys/{name}/datakey). The caller should zero the plaintext.
 func (c *Client) DataKey(ctx context.Context, key string, req api.DataKeyRequest) (*api.DataKeyResponse, error) {
 	var out api.DataKeyResponse
-	if _, err := c.Do(ctx, http.MethodPost, keyPath(key, "datakey"), req, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPost, api.KeyPath(key, "datakey"), req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -608,7 +586,7 @@ func (c *Client) DataKey(ctx context.Context, key string, req api.DataKeyRequest
 // PutPolicy creates or replaces a policy (PUT /v1/policies/{name}).
 func (c *Client) PutPolicy(ctx context.Context, name string, p api.Policy) (*api.Policy, error) {
 	var out api.Policy
-	if _, err := c.Do(ctx, http.MethodPut, policyPath(name), p, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodPut, api.PolicyPath(name), p, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -617,7 +595,7 @@ func (c *Client) PutPolicy(ctx context.Context, name string, p api.Policy) (*api
 // ListPolicies returns the names of all policies (GET /v1/policies).
 func (c *Client) ListPolicies(ctx context.Context) ([]string, error) {
 	var out api.PolicyList
-	if _, err := c.Do(ctx, http.MethodGet, pathPolicies, nil, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodGet, api.PathPolicies, nil, &out); err != nil {
 		return nil, err
 	}
 	return out.Policies, nil
@@ -626,7 +604,7 @@ func (c *Client) ListPolicies(ctx context.Context) ([]string, error) {
 // GetPolicy returns a policy (GET /v1/policies/{name}).
 func (c *Client) GetPolicy(ctx context.Context, name string) (*api.Policy, error) {
 	var out api.Policy
-	if _, err := c.Do(ctx, http.MethodGet, policyPath(name), nil, &out); err != nil {
+	if _, err := c.Do(ctx, http.MethodGet, api.PolicyPath(name), nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -634,7 +612,7 @@ func (c *Client) GetPolicy(ctx context.Context, name string) (*api.Policy, error
 
 // DeletePolicy deletes a policy (DELETE /v1/policies/{name}).
 func (c *Client) DeletePolicy(ctx context.Context, name string) error {
-	_, err := c.Do(ctx, http.MethodDelete, policyPath(name), nil, nil)
+	_, err := c.Do(ctx, http.MethodDelete, api.PolicyPath(name), nil, nil)
 	return err
 }
 
