@@ -19,19 +19,24 @@ func (s *Server) handleListKeys(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	if !s.isAdmin(rc.caller) {
-		// Others see the keys they may read, and nothing about the rest.
-		ps := s.policies.Load()
-		visible := names[:0]
-		for _, n := range names {
-			if ps.Allowed(rc.caller, api.OpRead, n) {
-				visible = append(visible, n)
-			}
-		}
-		names = visible
-	}
-	writeJSON(rc.w, http.StatusOK, api.KeyList{Keys: names})
+	writeJSON(rc.w, http.StatusOK, api.KeyList{Keys: s.visible(rc, api.OpRead, names)})
 	return nil
+}
+
+// visible filters names to those rc's caller may op: an admin sees them
+// all; anyone else only what a policy grants, and nothing about the rest.
+func (s *Server) visible(rc *reqCtx, op string, names []string) []string {
+	if s.isAdmin(rc.caller) {
+		return names
+	}
+	ps := s.policies.Load()
+	out := names[:0]
+	for _, n := range names {
+		if ps.Allowed(rc.caller, op, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func (s *Server) handleCreateKey(rc *reqCtx) error {

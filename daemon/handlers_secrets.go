@@ -70,18 +70,7 @@ func (s *Server) handleListSecrets(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	if !s.isAdmin(rc.caller) {
-		// Others see the names they may read, and nothing about the rest.
-		ps := s.policies.Load()
-		visible := names[:0]
-		for _, n := range names {
-			if ps.Allowed(rc.caller, api.OpSecretRead, n) {
-				visible = append(visible, n)
-			}
-		}
-		names = visible
-	}
-	writeJSON(rc.w, http.StatusOK, api.SecretList{Secrets: names})
+	writeJSON(rc.w, http.StatusOK, api.SecretList{Secrets: s.visible(rc, api.OpSecretRead, names)})
 	return nil
 }
 
