@@ -97,6 +97,13 @@ type Config struct {
 	// OnForwarded, if set, is told on the leader of each write a follower
 	// forwarded, with its origin (origin.go), for the audit log.
 	OnForwarded func(Forwarded)
+	// EnrolKey, if set, encrypts the root key for an enrolling node whose
+	// token this node has just used up (enrol.go); nil: this node answers
+	// no enrolment.
+	EnrolKey func(nodeID, token string, pub []byte) ([]byte, error)
+	// OnEnrol, if set, is told of each enrolment this node answered or
+	// refused, for the audit log.
+	OnEnrol func(EnrolEvent)
 }
 
 // Node is one raft member.

@@ -383,3 +383,8 @@ func (ks *Keystore) MemberAllowed(nodeID string) bool {
 	}
 	return ks.trust.Members[nodeID]
 }
+
+// EnrolTokenID returns the id part of a well-formed token (ok false for a
+// malformed one). The id is not secret: it names the token in lists and
+// audit entries, and binds an enrolment's HPKE exchange to the token.
+func EnrolTokenID(token string) (string, bool) { return parseToken(token) }
