@@ -270,6 +270,24 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 }
 
 func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
+	for {
+		resp, err := n.applyOnce(ctx, cmd)
+		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return resp, err
+		}
+		// A leadership transfer (TransferLeadership, or a sealed leader
+		// handing over) refuses new entries without appending them: wait
+		// for it to end, then apply here or forward to the new leader.
+		if !sleepCtx(ctx, 20*time.Millisecond) {
+			return nil, ErrNoLeader
+		}
+		if n.raft.State() != raft.Leader && n.cfg.Net != nil {
+			return n.forward(ctx, cmd)
+		}
+	}
+}
+
+func (n *Node) applyOnce(ctx context.Context, cmd []byte) (any, error) {
 	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
@@ -287,6 +305,8 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 			return nil, fmt.Errorf("%w (raft shut down while the write was in flight)", ErrOutcomeUnknown)
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return nil, ErrNoLeader
+		case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			return nil, err
 		}
 		return nil, fmt.Errorf("raft apply: %w", err)
 	}

@@ -371,3 +371,122 @@ func TestE2E_Enrol_Refusals(t *testing.T) {
 		checkNoSecrets(t, d, secrets)
 	}
 }
+
+// TestE2E_Cluster_TransferLeadershipUnderWrites: writers create keys on
+// every node while leadership is handed over three times (to a named
+// member through a follower, to any member on the leader, back to node 1).
+// Every acknowledged write is on every node afterwards; the answers that
+// were not 201 are counted and bounded (docs/operations.md says which a
+// writer may see: none is expected; a no_leader answer is a write that was
+// not applied and may be retried).
+func TestE2E_Cluster_TransferLeadershipUnderWrites(t *testing.T) {
+	c, _ := startCluster(t, 3, 3, 2)
+	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	waitFor(t, "a leader", 10*time.Second, func() bool { return c.leader(n1, n2, n3) != nil })
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	other := map[string]int{}
+	var slowest time.Duration
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w, d := range []*daemon{n1, n2, n3} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				name := fmt.Sprintf("w%d-%d", w, i)
+				start := time.Now()
+				st, code, _ := d.api("POST", "/v1/keys", fmt.Sprintf(`{"name":%q}`, name))
+				took := time.Since(start)
+				mu.Lock()
+				if took > slowest {
+					slowest = took
+				}
+				if st == http.StatusCreated {
+					acked[name] = true
+				} else {
+					other[fmt.Sprintf("%d %s", st, code)]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	leaderID := func() string {
+		if l := c.leader(n1, n2, n3); l != nil {
+			return l.nodeID
+		}
+		return ""
+	}
+	before := leaderID()
+	var follower *daemon
+	for _, d := range []*daemon{n1, n2, n3} {
+		if d.nodeID != before {
+			follower = d
+			break
+		}
+	}
+	target := "node3"
+	if before == "node3" {
+		target = "node2"
+	}
+	follower.mustCoffer("", "operator", "raft", "transfer-leadership", "--to", target)
+	waitFor(t, "leadership moves to "+target, 10*time.Second, func() bool { return leaderID() == target })
+	time.Sleep(300 * time.Millisecond)
+	var l *daemon
+	for _, d := range []*daemon{n1, n2, n3} {
+		if d.nodeID == target {
+			l = d
+		}
+	}
+	l.mustCoffer("", "operator", "raft", "transfer-leadership")
+	waitFor(t, "leadership leaves "+target, 10*time.Second, func() bool { id := leaderID(); return id != "" && id != target })
+	time.Sleep(300 * time.Millisecond)
+	n2.expectAPI("POST", "/v1/sys/raft/transfer-leadership", `{"id":"node9"}`, 404, api.CodeNotFound)
+	n2.expectAPI("POST", "/v1/sys/raft/transfer-leadership", `{"id":"node1"}`, 204, "")
+	waitFor(t, "leadership back on node1", 10*time.Second, func() bool { return leaderID() == "node1" })
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	t.Logf("writes acknowledged: %d; other answers: %v; slowest write: %v", len(acked), other, slowest)
+	if len(acked) < 30 {
+		t.Fatalf("only %d writes acknowledged during the test", len(acked))
+	}
+	// Any answer but 201 must be one the docs allow during a transfer: none
+	// at all is expected (the writes wait for the new leader).
+	for k, n := range other {
+		if !strings.Contains(k, api.CodeNoLeader) || n > 3 {
+			t.Errorf("writers saw %d × %s during leadership transfers", n, k)
+		}
+	}
+	for _, d := range []*daemon{n1, n2, n3} {
+		var kl struct{ Keys []string }
+		// A linearizable list on each node (synced read).
+		_, _, data := d.api("GET", "/v1/keys", "")
+		json.Unmarshal(data, &kl)
+		have := map[string]bool{}
+		for _, k := range kl.Keys {
+			have[k] = true
+		}
+		for name := range acked {
+			if !have[name] {
+				t.Errorf("%s: acknowledged write %s is missing", d.nodeID, name)
+			}
+		}
+	}
+	// Audited on the node that was asked.
+	found := false
+	for _, e := range auditEntries(t, follower, "raft-transfer-leadership") {
+		found = found || e["to"] == target && e["outcome"] == "ok"
+	}
+	if !found {
+		t.Errorf("the transfer to %s is not in %s's audit log", target, follower.nodeID)
+	}
+}
