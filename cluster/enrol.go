@@ -47,6 +47,10 @@ const maxEnrolBody = 8 << 10
 
 const codeSealed = "sealed"
 
+// enrolKeyLen is the size of an ML-KEM-768 + X25519 HPKE public key: a key
+// of another size is refused before the token is used up.
+const enrolKeyLen = 1216
+
 // tokenID is the id part of "coffer-enrol-<id>-<secret>", for audit; "" if
 // the token does not look like one. (The keystore parses tokens properly.)
 func tokenID(token string) string {
@@ -130,8 +134,8 @@ func (n *Node) rpcEnrol(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req enrolRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxEnrolBody)).Decode(&req); err != nil || req.Token == "" || len(req.PublicKey) == 0 {
-		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "enrol needs a token and a public key"})
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxEnrolBody)).Decode(&req); err != nil || req.Token == "" || len(req.PublicKey) != enrolKeyLen {
+		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "enrol needs a token and an ML-KEM-768+X25519 public key"})
 		return
 	}
 	if n.sealed() {

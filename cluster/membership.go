@@ -29,7 +29,7 @@ type joinRequest struct {
 
 func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	var req joinRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.ID == "" || req.Address == "" {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxEnrolBody)).Decode(&req); err != nil || req.ID == "" || req.Address == "" || len(req.EnrolKey) != 0 && len(req.EnrolKey) != enrolKeyLen {
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "join needs the node id and its cluster address"})
 		return
 	}
@@ -68,6 +68,18 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, status, out)
 		return
 	}
+	// Enrolment in the same step needs a token used up by this request:
+	// a member re-joining from its own address used none in joinAuth, so
+	// it is used here, before anything changes. Before init there is no
+	// root key to send (and no token to use).
+	enrol := len(req.EnrolKey) > 0 && req.Token != "" && n.cfg.Trust != nil && n.cfg.Trust.Initialized()
+	if enrol && !used {
+		if err := n.cfg.Trust.UseEnrolToken(r.Context(), p.id, req.Token); err != nil {
+			n.enrolRefused(r, p.id, tokenID(req.Token), err)
+			writeEnrolError(w, err)
+			return
+		}
+	}
 	if err := n.addVoter(req.ID, req.Address); err != nil {
 		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
 		return
@@ -77,16 +89,7 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 		n.cfg.OnMembership("join", req.ID, req.Address)
 	}
 	out := applyResponse{Index: n.raft.LastIndex()}
-	if len(req.EnrolKey) > 0 && req.Token != "" {
-		// Enrolment in the same step: only with a token used up by this
-		// request (a member re-joining from its address used none).
-		if !used {
-			if err := n.cfg.Trust.UseEnrolToken(r.Context(), p.id, req.Token); err != nil {
-				n.enrolRefused(r, p.id, tokenID(req.Token), err)
-				writeEnrolError(w, err)
-				return
-			}
-		}
+	if enrol {
 		ct, err := n.enrolAnswer(r, p.id, req.Token, req.EnrolKey)
 		if err != nil {
 			writeRPC(w, http.StatusInternalServerError, applyResponse{Error: err.Error()})
