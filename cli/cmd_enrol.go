@@ -45,6 +45,12 @@ coffer operator enrol          # prompts: Enrolment token (will be hidden):`, 0,
 // enrol reads the token (argument, prompt or stdin) and posts it.
 func (x *cmd) enrol() error {
 	arg := x.c.Args().First()
+	// Check first, so nobody types a token into a node that would not use
+	// it (the token stays valid then).
+	if st, _, err := x.status(); err == nil && st.Initialized && !st.Sealed {
+		_, err := fmt.Fprintf(x.stdout, "Node %s is already unsealed; the token was not used.\n", st.NodeID)
+		return err
+	}
 	var token []byte
 	switch {
 	case arg != "" && arg != "-":

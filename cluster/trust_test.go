@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -248,6 +249,12 @@ func TestTrust_OnlyMembersTalk(t *testing.T) {
 	})
 	if st, _ := rawRPC(t, tlsDir, "node3", addr, "/rpc/read-index", nil); st == http.StatusOK {
 		t.Error("a removed node's certificate still reads")
+	}
+	// Nor can it ask for the root key with a token issued for its id.
+	tokRevoked, _, _ := n1.ks.IssueEnrolToken(ctx, "node3", time.Hour)
+	enrolBody, _ := json.Marshal(enrolRequest{Token: tokRevoked, PublicKey: make([]byte, enrolKeyLen)})
+	if st, _ := rawRPC(t, tlsDir, "node3", addr, "/rpc/enrol", enrolBody); st == http.StatusOK || st == http.StatusBadRequest {
+		t.Errorf("a removed node's certificate reached /rpc/enrol: %d", st)
 	}
 	n3.Close()
 	tok3b, _, _ := n1.ks.IssueEnrolToken(ctx, "node3", time.Hour)
