@@ -131,6 +131,8 @@ type Node struct {
 	lastHandOff   time.Time
 	joinMu        sync.Mutex
 	joinedVia     map[string]bool // node ids this node asked to join it
+	enrolAuditMu  sync.Mutex
+	enrolAudit    map[string]*enrolWindow // per node id: refusals audited this minute
 	refuseMu      sync.Mutex
 	refuseSeen    map[string]time.Time
 	refuseDropped atomic.Uint64

@@ -72,6 +72,9 @@ func (n *Node) enrolRefused(r *http.Request, nodeID, tokenID string, err error) 
 	if errors.Is(err, ErrNoLeader) {
 		reason = "no leader to use the token"
 	}
+	if !n.enrolAuditAllowed(nodeID) {
+		return // a flood from one member: counted, logged once a minute
+	}
 	n.log.Warn("enrolment refused", "node-id", nodeID, "remote", r.RemoteAddr, "reason", reason)
 	if n.cfg.OnEnrol != nil {
 		n.cfg.OnEnrol(EnrolEvent{NodeID: nodeID, Remote: r.RemoteAddr, TokenID: tokenID, Refused: reason})
@@ -85,6 +88,42 @@ func writeEnrolError(w http.ResponseWriter, err error) {
 	}
 	// One answer for every refusal: a guesser learns nothing.
 	writeRPC(w, http.StatusBadRequest, applyResponse{Error: "the enrolment token is wrong, expired, used, revoked or issued for another node id", Code: codeInvalidToken})
+}
+
+// enrolWindow counts one member's refused enrolments in the current minute.
+type enrolWindow struct {
+	start   time.Time
+	count   int
+	dropped int
+}
+
+// enrolAuditEvery refusals per node id and minute are logged and audited
+// each (an operator's typos, a test's refusals); past that a member that
+// floods /rpc/enrol with bad tokens costs one log line a minute, not an
+// audit entry each. The enrolling node audits its own requests anyway.
+const enrolAuditEvery = 30
+
+func (n *Node) enrolAuditAllowed(nodeID string) bool {
+	n.enrolAuditMu.Lock()
+	defer n.enrolAuditMu.Unlock()
+	if n.enrolAudit == nil || len(n.enrolAudit) > 4096 {
+		n.enrolAudit = map[string]*enrolWindow{}
+	}
+	w := n.enrolAudit[nodeID]
+	now := time.Now()
+	if w == nil || now.Sub(w.start) >= time.Minute {
+		if w != nil && w.dropped > 0 {
+			n.log.Warn("enrolment refusals not audited (over the per-minute limit)", "node-id", nodeID, "count", w.dropped)
+		}
+		w = &enrolWindow{start: now}
+		n.enrolAudit[nodeID] = w
+	}
+	w.count++
+	if w.count > enrolAuditEvery {
+		w.dropped++
+		return false
+	}
+	return true
 }
 
 // enrolAnswer encrypts the root key for nodeID (its token was just used up)
