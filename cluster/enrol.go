@@ -188,10 +188,12 @@ func (n *Node) rpcEnrol(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A token issued on another node a moment ago may not be applied here
-	// yet: catch up with the leader before judging it.
+	// yet: catch up with the leader before judging it. If that fails (the
+	// leadership is moving, e.g. a sealed leader handing over), go on: the
+	// raft write below waits for the new leader and decides; a stale local
+	// check can only refuse, never admit.
 	if err := n.Sync(r.Context()); err != nil {
-		writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
-		return
+		n.log.Debug("enrol: could not catch up with the leader before checking the token", "error", err)
 	}
 	if n.cfg.Trust == nil {
 		writeRPC(w, http.StatusInternalServerError, applyResponse{Error: "this node keeps no enrolment tokens"})

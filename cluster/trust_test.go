@@ -53,7 +53,12 @@ func newTrustNode(t testing.TB, tlsDir, id string, bootstrap bool) *trustNode {
 	}})
 	n, err := Open(Config{NodeID: id, DataDir: t.TempDir(), FSM: tn.ks, Codec: keystore.ResponseCodec{}, Trust: tn.ks,
 		OnRefused: func(r Refusal) { tn.mu.Lock(); tn.refusal = append(tn.refusal, r); tn.mu.Unlock() },
-		Net:       &NetConfig{BindAddr: addr, AdvertiseAddr: addr, Bootstrap: bootstrap, ServerTLS: srv, ClientTLS: cli}})
+		// Stands in for the seal Manager's HPKE encryption (daemon/seal):
+		// the answer names who answered and for whom.
+		EnrolKey: func(nodeID, _ string, _ []byte) ([]byte, error) {
+			return []byte("root-for-" + nodeID + "-from-" + id), nil
+		},
+		Net: &NetConfig{BindAddr: addr, AdvertiseAddr: addr, Bootstrap: bootstrap, ServerTLS: srv, ClientTLS: cli}})
 	if err != nil {
 		t.Fatal(err)
 	}
