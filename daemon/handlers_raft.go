@@ -19,9 +19,9 @@ import (
 var raftRoutes = map[string]map[string]route{
 	"peers": {"GET": {accessAdminSealed, "", "raft-peers", (*Server).handleListPeers}},
 	"join":  {"POST": {accessAdminSealed, "", "raft-join", (*Server).handleJoin}},
-	// A sealed node may ask for a transfer too: a rolling restart drains
-	// the leader whatever state the node the operator is on is in.
-	"transfer-leadership": {"POST": {accessAdminSealed, "", "raft-transfer-leadership", (*Server).handleTransferLeadership}},
+	// Not on a sealed node (docs/api.md: only the membership endpoints
+	// work sealed); run it on any unsealed member.
+	"transfer-leadership": {"POST": {accessAdmin, "", "raft-transfer-leadership", (*Server).handleTransferLeadership}},
 	"snapshot":            {"GET": {accessAdmin, "", "raft-snapshot-save", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", "raft-snapshot-restore", (*Server).handleSnapshotRestore}},
 }
 

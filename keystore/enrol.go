@@ -31,10 +31,11 @@ import (
 //     are needed to come back; live members rotating their certificates are
 //     not affected).
 //
-// The token record is deliberately a small struct with a Purpose so that
-// enrolment of a node's seal device (issue 14: the same token delivers the
-// root key to the new node over HPKE) can extend it without a format change:
-// it will add fields (e.g. the recipient's public key) and a purpose.
+// The same token (purpose "join") also enrols a node's seal device (issue
+// 14: the answering member sends the root key to the node's one-time HPKE
+// key, cluster/enrol.go and daemon/seal/enrol.go). Nothing of that exchange
+// enters the replicated state: the "use" write is all it needs, so the
+// record format is unchanged.
 //
 // Every time used by Apply comes from the command (the proposer's clock),
 // never from the applying node's clock, so that all nodes decide alike.
