@@ -244,6 +244,11 @@ func (s *Server) auditEnrol(ev cluster.EnrolEvent) {
 	if ev.Refused != "" {
 		e.Operation, e.Outcome = "enrol-refused", audit.OutcomeDenied
 		d["reason"] = truncate(ev.Refused)
+		if ev.TokenID != "" {
+			// The caller only heard "invalid"; the admins reading this
+			// log learn why.
+			d["why"] = s.ks.EnrolTokenRefusal(ev.TokenID, ev.NodeID)
+		}
 	}
 	s.auditEvent(e)
 }

@@ -362,6 +362,28 @@ func TestE2E_Enrol_Refusals(t *testing.T) {
 	if refusedN < 5 {
 		t.Errorf("%d enrol-refused audit entries for node2, want at least 5 (wrong, revoked, other node's, used, expired)", refusedN)
 	}
+	// Each with the reason the caller was not told.
+	whys := map[string]bool{}
+	for _, d := range []*daemon{n1, n2, n3} {
+		for _, e := range auditEntries(t, d, "enrol-refused") {
+			w := e["why"]
+			switch {
+			case strings.HasPrefix(w, "no such token"):
+				whys["revoked"] = true
+			case strings.HasPrefix(w, "issued for node node3"):
+				whys["other node"] = true
+			case strings.HasPrefix(w, "used already"):
+				whys["used"] = true
+			case strings.HasPrefix(w, "expired"):
+				whys["expired"] = true
+			case w == "wrong secret for this token id":
+				whys["wrong"] = true
+			}
+		}
+	}
+	if len(whys) != 5 {
+		t.Errorf("audited reasons %v, want wrong, revoked, other node, used, expired", whys)
+	}
 	bad := 0
 	for _, e := range auditEntries(t, n2, "enrol") {
 		if e["error_code"] == api.CodeInvalidToken {

@@ -389,3 +389,27 @@ func (ks *Keystore) MemberAllowed(nodeID string) bool {
 // malformed one). The id is not secret: it names the token in lists and
 // audit entries, and binds an enrolment's HPKE exchange to the token.
 func EnrolTokenID(token string) (string, bool) { return parseToken(token) }
+
+// EnrolTokenRefusal says, for the audit log (admins only), why token id
+// presented by nodeID was refused: the caller was told only "invalid", so
+// that a guesser learns nothing.
+func (ks *Keystore) EnrolTokenRefusal(id, nodeID string) string {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	var t *EnrolToken
+	if ks.trust != nil {
+		t = ks.trust.Tokens[id]
+	}
+	now := ks.cfg.Now().UTC()
+	switch {
+	case t == nil:
+		return "no such token (never issued, revoked, or pruned a day after expiry)"
+	case t.NodeID != nodeID:
+		return "issued for node " + t.NodeID
+	case t.UsedAt != nil:
+		return "used already at " + t.UsedAt.Format(time.RFC3339)
+	case !now.Before(t.ExpiresAt):
+		return "expired at " + t.ExpiresAt.Format(time.RFC3339)
+	}
+	return "wrong secret for this token id"
+}
