@@ -32,3 +32,16 @@ type EnrolToken struct {
 type EnrolTokenList struct {
 	Tokens []EnrolToken `json:"tokens"`
 }
+
+// EnrolRequest is the body of POST /v1/sys/enrol, sent to the sealed node
+// that is to be enrolled; the answer is the status body.
+type EnrolRequest struct {
+	Token string `json:"token"`
+}
+
+// TransferLeadershipRequest is the body of POST
+// /v1/sys/raft/transfer-leadership: ID "" hands leadership to any
+// unsealed member.
+type TransferLeadershipRequest struct {
+	ID string `json:"id,omitempty"`
+}

@@ -191,7 +191,11 @@ func (e *env) finishCommand(c *ucli.Command) {
 	c.Flags = append(c.Flags, helpFlag())
 	c.OnUsageError = onUsageError
 	if len(c.Subcommands) > 0 {
-		c.Action = groupAction
+		// A group whose command runs itself too (`coffer operator enrol
+		// [TOKEN|-]` beside `enrol token …`) keeps its action.
+		if c.Action == nil {
+			c.Action = groupAction
+		}
 		for _, s := range c.Subcommands {
 			e.finishCommand(s)
 		}

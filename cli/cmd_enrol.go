@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	ucli "github.com/urfave/cli/v2"
@@ -11,15 +12,21 @@ import (
 	"github.com/coffer-kms/coffer/api"
 )
 
-// enrolCommand: one-time enrolment tokens (docs/cli.md). Using a token to
-// unseal a node with its device (`coffer operator enrol [TOKEN|-]`) comes
-// with node enrolment (issue 14); here the token admits a node id to join.
+// enrolCommand: one-time enrolment tokens, and `coffer operator enrol
+// [TOKEN|-]`, which unseals a sealed member with its own seal device with a
+// token instead of shares (docs/cli.md).
 func (e *env) enrolCommand() *ucli.Command {
-	return group(&ucli.Command{
+	c := e.newCmd(&ucli.Command{
 		Name:      "enrol",
-		Usage:     "one-time enrolment tokens for new nodes",
-		UsageText: "coffer operator enrol token create|list|revoke",
-		Description: "Once the cluster is initialised, a node id that is not a member joins only\n" +
+		Usage:     "enrol this node's seal device with a one-time token, or manage tokens",
+		UsageText: "coffer operator enrol [TOKEN|-] | coffer operator enrol token create|list|revoke",
+		Description: "Without a subcommand: on a sealed member that has its own seal device (it\n" +
+			"joined before init, or its HSM or TPM was replaced), present a one-time token\n" +
+			"issued for this node id. An unsealed member sends the root key encrypted to a\n" +
+			"key this node makes for the exchange; the node seals it with its device and\n" +
+			"is unsealed: no shares. The token comes from the hidden prompt on a terminal,\n" +
+			"else from stdin (or -); an argument is visible in ps and shell history.\n" +
+			"Once the cluster is initialised, a node id that is not a member joins only\n" +
 			"with a one-time token issued by an admin for that node id.",
 		Subcommands: []*ucli.Command{group(&ucli.Command{
 			Name:        "token",
@@ -28,7 +35,59 @@ func (e *env) enrolCommand() *ucli.Command {
 			Description: "Tokens are printed once; the cluster keeps only their hashes.",
 			Subcommands: []*ucli.Command{e.enrolTokenCreateCommand(), e.enrolTokenListCommand(), e.enrolTokenRevokeCommand()},
 		}, "coffer operator enrol token create --node node4 --ttl 30m")},
-	}, "coffer operator enrol token create --node node4")
+	}, `coffer operator enrol token create --node node2 --format json | jq -r .token | ssh node2 coffer operator enrol -
+coffer operator enrol          # prompts: Enrolment token (will be hidden):`, 0, 1, func(x *cmd) error {
+		return x.enrol()
+	})
+	return c
+}
+
+// enrol reads the token (argument, prompt or stdin) and posts it.
+func (x *cmd) enrol() error {
+	arg := x.c.Args().First()
+	// Check first, so nobody types a token into a node that would not use
+	// it (the token stays valid then).
+	if st, _, err := x.status(); err == nil && st.Initialized && !st.Sealed {
+		_, err := fmt.Fprintf(x.stdout, "Node %s is already unsealed; the token was not used.\n", st.NodeID)
+		return err
+	}
+	var token []byte
+	switch {
+	case arg != "" && arg != "-":
+		fmt.Fprintln(x.stderr, "coffer: warning: a token given as an argument is visible in ps and in shell history; prefer the prompt or stdin.")
+		token = []byte(arg)
+	default:
+		if fd, ok := terminalFD(x.stdin); ok && arg == "" {
+			fmt.Fprint(x.stderr, "Enrolment token (will be hidden): ")
+			b, err := readHidden(x.ctx, fd)
+			fmt.Fprintln(x.stderr)
+			if err != nil {
+				clear(b)
+				return fmt.Errorf("reading the token: %w", err)
+			}
+			token = b
+		} else {
+			b, err := readAllSecret(x.stdin, 0, 4096)
+			if err != nil {
+				return fmt.Errorf("reading the token from stdin: %w", err)
+			}
+			token = b
+		}
+	}
+	defer clear(token)
+	t := strings.TrimSpace(string(token))
+	if t == "" {
+		return usagef("no token given: pipe the token printed by 'coffer operator enrol token create --node ID' or type it at the prompt")
+	}
+	var st api.Status
+	return x.request(http.MethodPost, "/v1/sys/enrol", api.EnrolRequest{Token: t}, &st, func() error {
+		if st.Sealed {
+			_, err := fmt.Fprintf(x.stdout, "Node %s is still sealed: %s\n", st.NodeID, st.SealedReason)
+			return err
+		}
+		_, err := fmt.Fprintf(x.stdout, "Node %s is enrolled: its %s device sealed the root key and it is unsealed.\n", st.NodeID, st.SealType)
+		return err
+	})
 }
 
 func (e *env) enrolTokenCreateCommand() *ucli.Command {

@@ -25,6 +25,7 @@ func (e *env) raftCommand() *ucli.Command {
 			e.raftJoinCommand(),
 			e.raftListPeersCommand(),
 			e.raftRemovePeerCommand(),
+			e.raftTransferLeadershipCommand(),
 			group(&ucli.Command{
 				Name:      "snapshot",
 				Usage:     "save or restore an encrypted snapshot of the cluster state",
@@ -73,7 +74,11 @@ func (e *env) raftJoinCommand() *ucli.Command {
 			}
 		}
 		return x.request(http.MethodPost, "/v1/sys/raft/join", api.JoinRequest{LeaderAddress: addr, Token: token}, nil, func() error {
-			_, err := fmt.Fprintf(x.stdout, "Joined the cluster via %s. Unseal this node (coffer operator unseal) unless its device does it.\n", addr)
+			msg := "Joined the cluster via %s. Unseal this node (coffer operator unseal) unless its device does it.\n"
+			if token != "" {
+				msg = "Joined the cluster via %s. A node with a seal device is now enrolled and unsealed (coffer operator status).\n"
+			}
+			_, err := fmt.Fprintf(x.stdout, msg, addr)
 			return err
 		})
 	})
@@ -168,6 +173,31 @@ func (e *env) snapshotRestoreCommand() *ucli.Command {
 		}
 		return x.request(http.MethodPost, "/v1/sys/raft/snapshot", data, nil, func() error {
 			_, err := fmt.Fprintln(x.stdout, "Restored. Check `coffer status` on each node; unseal sealed nodes with the snapshot's shares.")
+			return err
+		})
+	})
+}
+
+func (e *env) raftTransferLeadershipCommand() *ucli.Command {
+	return e.newCmd(&ucli.Command{
+		Name:      "transfer-leadership",
+		Usage:     "hand leadership to another member",
+		UsageText: "coffer operator raft transfer-leadership [--to ID]",
+		Description: "Asks the leader to hand leadership to member ID (or, without --to, to any\n" +
+			"member that is unsealed), so that restarting or upgrading the leader costs\n" +
+			"no election timeout. The new leader must be unsealed (a sealed leader\n" +
+			"cannot authenticate writes).",
+		Flags: []ucli.Flag{
+			&ucli.StringFlag{Name: "to", Usage: "the member `ID` to lead (default: any unsealed member)"},
+		},
+	}, "coffer operator raft transfer-leadership --to node2", 0, 0, func(x *cmd) error {
+		to := x.c.String("to")
+		return x.request(http.MethodPost, "/v1/sys/raft/transfer-leadership", api.TransferLeadershipRequest{ID: to}, nil, func() error {
+			who := "another member"
+			if to != "" {
+				who = to
+			}
+			_, err := fmt.Fprintf(x.stdout, "Leadership handed to %s.\n", who)
 			return err
 		})
 	})

@@ -97,6 +97,13 @@ type Config struct {
 	// OnForwarded, if set, is told on the leader of each write a follower
 	// forwarded, with its origin (origin.go), for the audit log.
 	OnForwarded func(Forwarded)
+	// EnrolKey, if set, encrypts the root key for an enrolling node whose
+	// token this node has just used up (enrol.go); nil: this node answers
+	// no enrolment.
+	EnrolKey func(nodeID, token string, pub []byte) ([]byte, error)
+	// OnEnrol, if set, is told of each enrolment this node answered or
+	// refused, for the audit log.
+	OnEnrol func(EnrolEvent)
 }
 
 // Node is one raft member.
@@ -124,6 +131,8 @@ type Node struct {
 	lastHandOff   time.Time
 	joinMu        sync.Mutex
 	joinedVia     map[string]bool // node ids this node asked to join it
+	enrolAuditMu  sync.Mutex
+	enrolAudit    map[string]*enrolWindow // per node id: refusals audited this minute
 	refuseMu      sync.Mutex
 	refuseSeen    map[string]time.Time
 	refuseDropped atomic.Uint64
@@ -263,6 +272,24 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 }
 
 func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
+	for {
+		resp, err := n.applyOnce(ctx, cmd)
+		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return resp, err
+		}
+		// A leadership transfer (TransferLeadership, or a sealed leader
+		// handing over) refuses new entries without appending them: wait
+		// for it to end, then apply here or forward to the new leader.
+		if !sleepCtx(ctx, 20*time.Millisecond) {
+			return nil, ErrNoLeader
+		}
+		if n.raft.State() != raft.Leader && n.cfg.Net != nil {
+			return n.forward(ctx, cmd)
+		}
+	}
+}
+
+func (n *Node) applyOnce(ctx context.Context, cmd []byte) (any, error) {
 	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
@@ -280,6 +307,8 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 			return nil, fmt.Errorf("%w (raft shut down while the write was in flight)", ErrOutcomeUnknown)
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return nil, ErrNoLeader
+		case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			return nil, err
 		}
 		return nil, fmt.Errorf("raft apply: %w", err)
 	}

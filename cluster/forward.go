@@ -52,8 +52,13 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		// follower may send it again. After ErrLeadershipLost the entry may
 		// still be committed by the next leader: sending it again could
 		// apply it twice (a rotation would add two versions).
-		if errors.Is(err, raft.ErrNotLeader) {
+		// A leadership transfer refuses new entries without appending
+		// them: the follower sends the command again to the next leader.
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 			addr, _ := n.raft.LeaderWithID()
+			if errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+				addr = "" // this node still leads, but not for long: wait
+			}
 			writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 			return
 		}

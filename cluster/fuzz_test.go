@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,6 +30,11 @@ func FuzzRPC(f *testing.F) {
 		{"/rpc/join", `{"id":"node2","address":"127.0.0.1:1","token":"coffer-enrol-0011223344556677-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`},
 		{"/rpc/remove", `node1`},
 		{"/rpc/read-index", ``},
+		{"/rpc/enrol", `{"token":"coffer-enrol-0011223344556677-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","public_key":"` + strings.Repeat("AAAA", 1216/3) + `AAAA"}`},
+		{"/rpc/enrol", `{"token":"coffer-enrol-","public_key":""}`},
+		{"/rpc/transfer-leadership", `node2`},
+		{"/rpc/transfer-leadership", ``},
+		{"/rpc/join", `{"id":"node2","address":"127.0.0.1:1","token":"coffer-enrol-0011223344556677-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","enrol_key":"AAAA"}`},
 		{"/rpc/x", `{}`},
 	} {
 		f.Add(s.path, []byte(s.body))

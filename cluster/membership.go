@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,11 +22,14 @@ type joinRequest struct {
 	// Token is the enrolment token (needed once the cluster is
 	// initialised, for a node id that is not a member at this address).
 	Token string `json:"token,omitempty"`
+	// EnrolKey is the joiner's ephemeral HPKE public key (enrol.go): with
+	// a token, the leader answers with the root key encrypted to it.
+	EnrolKey []byte `json:"enrol_key,omitempty"`
 }
 
 func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	var req joinRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.ID == "" || req.Address == "" {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxEnrolBody)).Decode(&req); err != nil || req.ID == "" || req.Address == "" || len(req.EnrolKey) != 0 && len(req.EnrolKey) != enrolKeyLen {
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "join needs the node id and its cluster address"})
 		return
 	}
@@ -54,7 +58,8 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	// check before either is added.
 	n.joinOnce.Lock()
 	defer n.joinOnce.Unlock()
-	if status, err := n.joinAuth(r.Context(), p, req.ID, req.Address, req.Token); err != nil {
+	status, used, err := n.joinAuth(r.Context(), p, req.ID, req.Address, req.Token)
+	if err != nil {
 		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: err.Error()})
 		out := applyResponse{Error: err.Error()}
 		if errors.Is(err, ErrInvalidToken) {
@@ -62,6 +67,18 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 		}
 		writeRPC(w, status, out)
 		return
+	}
+	// Enrolment in the same step needs a token used up by this request:
+	// a member re-joining from its own address used none in joinAuth, so
+	// it is used here, before anything changes. Before init there is no
+	// root key to send (and no token to use).
+	enrol := len(req.EnrolKey) > 0 && req.Token != "" && n.cfg.Trust != nil && n.cfg.Trust.Initialized()
+	if enrol && !used {
+		if err := n.cfg.Trust.UseEnrolToken(r.Context(), p.id, req.Token); err != nil {
+			n.enrolRefused(r, p.id, tokenID(req.Token), err)
+			writeEnrolError(w, err)
+			return
+		}
 	}
 	if err := n.addVoter(req.ID, req.Address); err != nil {
 		writeRPC(w, http.StatusConflict, applyResponse{Error: err.Error()})
@@ -71,7 +88,16 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	if n.cfg.OnMembership != nil {
 		n.cfg.OnMembership("join", req.ID, req.Address)
 	}
-	writeRPC(w, http.StatusOK, applyResponse{Index: n.raft.LastIndex()})
+	out := applyResponse{Index: n.raft.LastIndex()}
+	if enrol {
+		ct, err := n.enrolAnswer(r, p.id, req.Token, req.EnrolKey)
+		if err != nil {
+			writeRPC(w, http.StatusInternalServerError, applyResponse{Error: err.Error()})
+			return
+		}
+		out.Response = ct
+	}
+	writeRPC(w, http.StatusOK, out)
 }
 
 func (n *Node) rpcRemove(w http.ResponseWriter, r *http.Request) {
@@ -128,34 +154,49 @@ func (n *Node) addVoter(id, addr string) error {
 // Join asks the cluster member at addr (any member: a follower passes the
 // request on) to add this node as a voter.
 func (n *Node) Join(ctx context.Context, addr, token string) error {
+	_, err := n.JoinEnrol(ctx, addr, token, nil)
+	return err
+}
+
+// JoinEnrol is Join that also enrols this node (enrol.go) when enrolKey is
+// set: it returns the root key encrypted to enrolKey, or nil when the
+// leader sent none (the cluster is not initialised).
+func (n *Node) JoinEnrol(ctx context.Context, addr, token string, enrolKey []byte) ([]byte, error) {
 	if n.cfg.Net == nil {
-		return errors.New("this node has no cluster block in its config: add one (addr, TLS files) and restart it before joining")
+		return nil, errors.New("this node has no cluster block in its config: add one (addr, TLS files) and restart it before joining")
 	}
-	body, _ := json.Marshal(joinRequest{ID: n.cfg.NodeID, Address: n.cfg.Net.AdvertiseAddr, Token: token})
+	body, _ := json.Marshal(joinRequest{ID: n.cfg.NodeID, Address: n.cfg.Net.AdvertiseAddr, Token: token, EnrolKey: enrolKey})
 	for attempt := 0; attempt < 10; attempt++ {
 		out, status, err := n.call(ctx, addr, "/rpc/join", body)
 		if err != nil {
-			return fmt.Errorf("cannot reach %s over mutual TLS: %w (check the address, that both nodes' certificates come from the same CA, and the firewall)", addr, err)
+			return nil, fmt.Errorf("cannot reach %s over mutual TLS: %w (check the address, that both nodes' certificates come from the same CA, and the firewall)", addr, err)
 		}
 		switch {
 		case status == http.StatusOK:
-			return nil
+			if out.Response == "" {
+				return nil, nil
+			}
+			ct, err := base64.StdEncoding.DecodeString(out.Response)
+			if err != nil {
+				return nil, fmt.Errorf("bad enrolment answer from %s: %w", addr, err)
+			}
+			return ct, nil
 		case out.Error == errNotLeader && out.Leader != "":
 			addr = out.Leader
 			continue
 		case out.Error == errNotLeader:
 			if !sleepCtx(ctx, 200*time.Millisecond) {
-				return ErrNoLeader
+				return nil, ErrNoLeader
 			}
 			continue
 		case out.Code == codeInvalidToken:
-			return &tokenError{out.Error}
+			return nil, &tokenError{out.Error}
 		case status == http.StatusForbidden:
-			return fmt.Errorf("%w: %s", ErrForbidden, out.Error)
+			return nil, fmt.Errorf("%w: %s", ErrForbidden, out.Error)
 		}
-		return fmt.Errorf("the leader refused the join: %s", out.Error)
+		return nil, fmt.Errorf("the leader refused the join: %s", out.Error)
 	}
-	return ErrNoLeader
+	return nil, ErrNoLeader
 }
 
 const codeInvalidToken = "invalid_token"

@@ -37,6 +37,8 @@ func (n *Node) newRPCServer() *http.Server {
 	mux.HandleFunc("POST /rpc/remove", n.member(n.rpcRemove))
 	mux.HandleFunc("POST /rpc/read-index", n.member(n.rpcReadIndex))
 	mux.HandleFunc("POST /rpc/seal-state", n.member(n.rpcSealState))
+	mux.HandleFunc("POST /rpc/enrol", n.member(n.rpcEnrol))
+	mux.HandleFunc("POST /rpc/transfer-leadership", n.member(n.rpcTransferLeadership))
 	mux.HandleFunc("/", n.member(http.NotFound))
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil),
 		// The mux hands net/http a plainConn, so r.TLS is nil: keep the

@@ -287,9 +287,14 @@ func (c *trackedConn) Close() error {
 }
 
 // joinAuth decides on the leader whether id may join at addr; it uses up
-// the token when one is needed. It returns the HTTP status and error of a
-// refusal.
-func (n *Node) joinAuth(ctx context.Context, p peerInfo, id, addr, token string) (int, error) {
+// the token when one is needed (used reports that it did). It returns the
+// HTTP status and error of a refusal.
+func (n *Node) joinAuth(ctx context.Context, p peerInfo, id, addr, token string) (status int, used bool, err error) {
+	status, err = n.joinAuthCheck(ctx, p, id, addr, token, &used)
+	return status, used, err
+}
+
+func (n *Node) joinAuthCheck(ctx context.Context, p peerInfo, id, addr, token string, used *bool) (int, error) {
 	if n.revoked(p) {
 		at, _ := n.cfg.Trust.RevokedAt(id)
 		return http.StatusForbidden, fmt.Errorf("node %s was removed at %s: it may join again only with a certificate issued after that (`coffer tls cert create`) and a new enrolment token", id, at.UTC().Format(time.RFC3339))
@@ -318,6 +323,7 @@ func (n *Node) joinAuth(ctx context.Context, p peerInfo, id, addr, token string)
 		}
 		return http.StatusBadRequest, &tokenError{err.Error()}
 	}
+	*used = true
 	return 0, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -52,7 +53,12 @@ func newTrustNode(t testing.TB, tlsDir, id string, bootstrap bool) *trustNode {
 	}})
 	n, err := Open(Config{NodeID: id, DataDir: t.TempDir(), FSM: tn.ks, Codec: keystore.ResponseCodec{}, Trust: tn.ks,
 		OnRefused: func(r Refusal) { tn.mu.Lock(); tn.refusal = append(tn.refusal, r); tn.mu.Unlock() },
-		Net:       &NetConfig{BindAddr: addr, AdvertiseAddr: addr, Bootstrap: bootstrap, ServerTLS: srv, ClientTLS: cli}})
+		// Stands in for the seal Manager's HPKE encryption (daemon/seal):
+		// the answer names who answered and for whom.
+		EnrolKey: func(nodeID, _ string, _ []byte) ([]byte, error) {
+			return []byte("root-for-" + nodeID + "-from-" + id), nil
+		},
+		Net: &NetConfig{BindAddr: addr, AdvertiseAddr: addr, Bootstrap: bootstrap, ServerTLS: srv, ClientTLS: cli}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,6 +254,12 @@ func TestTrust_OnlyMembersTalk(t *testing.T) {
 	})
 	if st, _ := rawRPC(t, tlsDir, "node3", addr, "/rpc/read-index", nil); st == http.StatusOK {
 		t.Error("a removed node's certificate still reads")
+	}
+	// Nor can it ask for the root key with a token issued for its id.
+	tokRevoked, _, _ := n1.ks.IssueEnrolToken(ctx, "node3", time.Hour)
+	enrolBody, _ := json.Marshal(enrolRequest{Token: tokRevoked, PublicKey: make([]byte, enrolKeyLen)})
+	if st, _ := rawRPC(t, tlsDir, "node3", addr, "/rpc/enrol", enrolBody); st == http.StatusOK || st == http.StatusBadRequest {
+		t.Errorf("a removed node's certificate reached /rpc/enrol: %d", st)
 	}
 	n3.Close()
 	tok3b, _, _ := n1.ks.IssueEnrolToken(ctx, "node3", time.Hour)

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -9,6 +11,8 @@ import (
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/daemon/audit"
+	"github.com/coffer-kms/coffer/daemon/seal"
+	"github.com/coffer-kms/coffer/keystore"
 )
 
 // Enrolment tokens (docs/api.md "Node enrolment"): an admin issues a
@@ -25,8 +29,18 @@ var enrolTokenRoutes = map[string]route{
 	"DELETE": {accessAdmin, "", "enrol-token-revoke", (*Server).handleRevokeEnrolToken},
 }
 
-// matchEnrol routes "enrol/tokens[/{id}]" below /v1/sys/.
+// enrolRoutes: a sealed member with a seal device presents a token and is
+// enrolled (unsealed, its device blob written). Admin only; it must work
+// on a sealed node, which is what it is for.
+var enrolRoutes = map[string]route{
+	"POST": {accessAdminSealed, "", "enrol", (*Server).handleEnrol},
+}
+
+// matchEnrol routes "enrol" and "enrol/tokens[/{id}]" below /v1/sys/.
 func matchEnrol(rest string) (map[string]route, string) {
+	if rest == "enrol" {
+		return enrolRoutes, ""
+	}
 	if rest == "enrol/tokens" {
 		return enrolTokensRoutes, ""
 	}
@@ -131,4 +145,116 @@ func (s *Server) auditForwarded(f cluster.Forwarded) {
 		d["error"] = f.Outcome
 	}
 	s.auditEvent(e)
+}
+
+// handleEnrol enrols this sealed member (docs/api.md "Node enrolment"): it
+// makes a one-time HPKE key pair, asks an unsealed member for the root key
+// with the token, seals the key with its own device and is unsealed.
+func (s *Server) handleEnrol(rc *reqCtx) error {
+	var req api.EnrolRequest
+	if err := decode(rc, &req); err != nil {
+		return err
+	}
+	if req.Token == "" {
+		return badRequest("send {\"token\": \"coffer-enrol-…\"}: an admin issues one with `coffer operator enrol token create --node %s`", s.cfg.NodeID)
+	}
+	if !s.seal.HasDevice() {
+		return badRequest("this node has no seal device configured, so it cannot be enrolled: add a seal \"pkcs11\" or seal \"tpm\" block to its config and restart it, or unseal it with shares (`coffer operator unseal`)")
+	}
+	if !s.ks.Initialized() {
+		return &httpError{http.StatusServiceUnavailable, api.CodeSealed, "this node has no cluster state yet: join the cluster first (`coffer operator raft join ADDR --token -`), or wait until it has caught up"}
+	}
+	if !s.ks.Sealed() {
+		// Nothing to do: the token is not used up.
+		writeJSON(rc.w, http.StatusOK, s.statusFor(rc))
+		return nil
+	}
+	e, err := s.seal.NewEnrolment(req.Token)
+	if err != nil {
+		if errors.Is(err, keystore.ErrInvalidToken) {
+			s.auditEnrolRefusedHere(rc, "malformed token")
+		}
+		return err
+	}
+	rc.au.setDetail("token_id", e.TokenID)
+	ct, err := s.node.Enrol(rc.r.Context(), req.Token, e.Public)
+	if err != nil {
+		switch {
+		case errors.Is(err, cluster.ErrInvalidToken):
+			return &httpError{http.StatusBadRequest, api.CodeInvalidToken, keystore.ErrInvalidToken.Error()}
+		case errors.Is(err, cluster.ErrForbidden):
+			return &httpError{http.StatusForbidden, api.CodePermissionDenied, err.Error()}
+		case errors.Is(err, cluster.ErrNoLeader):
+			return err
+		}
+		return &httpError{http.StatusServiceUnavailable, api.CodeNoLeader, err.Error()}
+	}
+	if err := s.completeEnrolment(rc, e, ct); err != nil {
+		return err
+	}
+	writeJSON(rc.w, http.StatusOK, s.statusFor(rc))
+	return nil
+}
+
+// completeEnrolment waits (bounded) until this node has the replicated
+// keyring the root key must open, then seals the key with the device and
+// unseals (seal.Manager.CompleteEnrolment).
+func (s *Server) completeEnrolment(rc *reqCtx, e *seal.Enrolment, ct []byte) error {
+	ctx, cancel := context.WithTimeout(rc.r.Context(), 30*time.Second)
+	defer cancel()
+	for !s.ks.Initialized() {
+		select {
+		case <-ctx.Done():
+			return &httpError{http.StatusServiceUnavailable, api.CodeNoLeader, "joined, but the cluster state did not arrive in 30s; the token is used up: ask an admin for a new one and run `coffer operator enrol -` once the node has caught up"}
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := s.node.CatchUp(ctx); err != nil {
+		s.log.Warn("enrol: raft log not yet applied", "error", err)
+	}
+	if err := s.seal.CompleteEnrolment(ctx, e, ct); err != nil {
+		s.log.Error("enrolment failed", "token-id", e.TokenID, "error", err)
+		return err
+	}
+	rc.au.setDetail("enrolled", "true")
+	return nil
+}
+
+// enrolKey answers an enrolment on this (unsealed) node: the root key
+// encrypted to the enrolling node's one-time HPKE key (cluster.Config).
+func (s *Server) enrolKey(nodeID, token string, pub []byte) ([]byte, error) {
+	id, ok := keystore.EnrolTokenID(token)
+	if !ok {
+		return nil, keystore.ErrInvalidToken
+	}
+	return s.seal.EncryptRootForEnrol(nodeID, id, pub)
+}
+
+// auditEnrol records on the answering node an enrolment it answered or
+// refused: which node (its certificate), from where, which token (its id).
+func (s *Server) auditEnrol(ev cluster.EnrolEvent) {
+	if !s.auditReady.Load() {
+		return
+	}
+	d := map[string]string{"node_id": ev.NodeID, "remote": ev.Remote}
+	if ev.TokenID != "" {
+		d["token_id"] = ev.TokenID
+	}
+	e := &audit.Entry{Operation: "enrol-answered", Detail: d}
+	if ev.Refused != "" {
+		e.Operation, e.Outcome = "enrol-refused", audit.OutcomeDenied
+		d["reason"] = truncate(ev.Refused)
+		if ev.TokenID != "" {
+			// The caller only heard "invalid"; the admins reading this
+			// log learn why.
+			d["why"] = s.ks.EnrolTokenRefusal(ev.TokenID, ev.NodeID)
+		}
+	}
+	s.auditEvent(e)
+}
+
+// auditEnrolRefusedHere records a token refused on the enrolling node
+// itself before any member was asked.
+func (s *Server) auditEnrolRefusedHere(rc *reqCtx, reason string) {
+	rc.au.setDetail("refused", reason)
 }

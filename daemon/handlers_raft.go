@@ -9,6 +9,7 @@ import (
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/daemon/seal"
 )
 
 // raftRoutes are the /v1/sys/raft/* endpoints. Join and peer listing work
@@ -16,9 +17,12 @@ import (
 // any state to unseal (docs/api.md; docs/spec-changes.md says why
 // the shared spec's "everything else answers 503 sealed" cannot hold).
 var raftRoutes = map[string]map[string]route{
-	"peers":    {"GET": {accessAdminSealed, "", "raft-peers", (*Server).handleListPeers}},
-	"join":     {"POST": {accessAdminSealed, "", "raft-join", (*Server).handleJoin}},
-	"snapshot": {"GET": {accessAdmin, "", "raft-snapshot-save", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", "raft-snapshot-restore", (*Server).handleSnapshotRestore}},
+	"peers": {"GET": {accessAdminSealed, "", "raft-peers", (*Server).handleListPeers}},
+	"join":  {"POST": {accessAdminSealed, "", "raft-join", (*Server).handleJoin}},
+	// Not on a sealed node (docs/api.md: only the membership endpoints
+	// work sealed); run it on any unsealed member.
+	"transfer-leadership": {"POST": {accessAdmin, "", "raft-transfer-leadership", (*Server).handleTransferLeadership}},
+	"snapshot":            {"GET": {accessAdmin, "", "raft-snapshot-save", (*Server).handleSnapshotSave}, "POST": {accessAdminSealed, "", "raft-snapshot-restore", (*Server).handleSnapshotRestore}},
 }
 
 var raftPeerRoutes = map[string]route{
@@ -55,8 +59,23 @@ func (s *Server) handleJoin(rc *reqCtx) error {
 	if req.LeaderAddress == "" {
 		return badRequest(`leader_address is required: the cluster address (host:port) of any member`)
 	}
-	err := s.node.Join(rc.r.Context(), req.LeaderAddress, req.Token)
 	rc.au.setDetail("leader_address", truncate(req.LeaderAddress))
+	// A node with a seal device that joins with a token is enrolled in the
+	// same step (handlers_enrol.go).
+	var enrol *seal.Enrolment
+	if req.Token != "" && s.seal.HasDevice() && s.ks.Sealed() {
+		e, err := s.seal.NewEnrolment(req.Token)
+		if err != nil {
+			return err
+		}
+		enrol = e
+		rc.au.setDetail("token_id", e.TokenID)
+	}
+	var pub []byte
+	if enrol != nil {
+		pub = enrol.Public
+	}
+	ct, err := s.node.JoinEnrol(rc.r.Context(), req.LeaderAddress, req.Token, pub)
 	if err != nil {
 		switch {
 		case errors.Is(err, cluster.ErrNoLeader):
@@ -71,6 +90,11 @@ func (s *Server) handleJoin(rc *reqCtx) error {
 		return &httpError{http.StatusServiceUnavailable, api.CodeNoLeader, err.Error()}
 	}
 	s.log.Info("joined the cluster", "via", req.LeaderAddress)
+	if enrol != nil && ct != nil {
+		if err := s.completeEnrolment(rc, enrol, ct); err != nil {
+			return err
+		}
+	}
 	writeJSON(rc.w, http.StatusOK, struct{}{})
 	return nil
 }
@@ -128,6 +152,34 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 	}
 	s.seal.Reset()
 	s.log.Warn("cluster state restored from a snapshot", "bytes", len(data), "uid", rc.caller.UID)
+	rc.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) handleTransferLeadership(rc *reqCtx) error {
+	var req api.TransferLeadershipRequest
+	if rc.r.ContentLength != 0 {
+		if err := decode(rc, &req); err != nil {
+			return err
+		}
+	}
+	if req.ID != "" {
+		if !api.ValidNodeID(req.ID) {
+			return badRequest("id %q is not a valid node id (see `coffer operator raft list-peers`)", truncate(req.ID))
+		}
+		rc.au.setDetail("to", req.ID)
+	}
+	err := s.node.TransferLeadership(rc.r.Context(), req.ID)
+	var te *cluster.TransferError
+	switch {
+	case errors.Is(err, cluster.ErrNoSuchPeer):
+		return &httpError{http.StatusNotFound, api.CodeNotFound, err.Error()}
+	case errors.As(err, &te):
+		return badRequest("%s", te.Msg)
+	case err != nil:
+		return err
+	}
+	s.log.Info("leadership transfer requested", "to", req.ID, "uid", rc.caller.UID)
 	rc.w.WriteHeader(http.StatusNoContent)
 	return nil
 }

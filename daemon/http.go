@@ -127,7 +127,7 @@ func match(path string) (routes map[string]route, name string) {
 		if strings.HasPrefix(rest, "raft/") {
 			return matchRaft(rest)
 		}
-		if strings.HasPrefix(rest, "enrol/") {
+		if rest == "enrol" || strings.HasPrefix(rest, "enrol/") {
 			return matchEnrol(rest)
 		}
 		return sysRoutes[rest], ""

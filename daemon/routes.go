@@ -43,6 +43,7 @@ func routeTable() map[endpoint]route {
 		add("/v1/sys/raft/"+name, m)
 	}
 	add("/v1/sys/raft/peers/{id}", raftPeerRoutes)
+	add("/v1/sys/enrol", enrolRoutes)
 	add("/v1/sys/enrol/tokens", enrolTokensRoutes)
 	add("/v1/sys/enrol/tokens/{id}", enrolTokenRoutes)
 	add("/v1/keys", keysRoutes)

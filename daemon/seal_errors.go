@@ -19,7 +19,7 @@ func sealAPIError(err error) (status int, d api.ErrorDetail, ok bool) {
 		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeBadRequest, Message: msg}, true
 	case errors.Is(err, seal.ErrInvalidShare):
 		return http.StatusBadRequest, api.ErrorDetail{Code: api.CodeInvalidShare, Message: msg}, true
-	case errors.Is(err, seal.ErrDeviceUnavailable):
+	case errors.Is(err, seal.ErrDeviceUnavailable), errors.Is(err, seal.ErrEnrolFailed):
 		// The operator has to fix the device: the message says what failed.
 		return http.StatusInternalServerError, api.ErrorDetail{Code: api.CodeInternal, Message: msg}, true
 	}

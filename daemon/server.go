@@ -188,7 +188,8 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	ccfg := cluster.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, Logger: log, FSM: s.ks, Codec: keystore.ResponseCodec{},
-		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership, OnForwarded: s.auditForwarded}
+		Trust: s.ks, OnRefused: s.auditRefusal, OnMembership: s.auditMembership, OnForwarded: s.auditForwarded,
+		EnrolKey: s.enrolKey, OnEnrol: s.auditEnrol}
 	if c := cfg.Cluster; c != nil {
 		srvTLS, err := tlsutil.ServerConfig(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile)
 		if err != nil {

@@ -31,10 +31,11 @@ import (
 //     are needed to come back; live members rotating their certificates are
 //     not affected).
 //
-// The token record is deliberately a small struct with a Purpose so that
-// enrolment of a node's seal device (issue 14: the same token delivers the
-// root key to the new node over HPKE) can extend it without a format change:
-// it will add fields (e.g. the recipient's public key) and a purpose.
+// The same token (purpose "join") also enrols a node's seal device (issue
+// 14: the answering member sends the root key to the node's one-time HPKE
+// key, cluster/enrol.go and daemon/seal/enrol.go). Nothing of that exchange
+// enters the replicated state: the "use" write is all it needs, so the
+// record format is unchanged.
 //
 // Every time used by Apply comes from the command (the proposer's clock),
 // never from the applying node's clock, so that all nodes decide alike.
@@ -382,4 +383,33 @@ func (ks *Keystore) MemberAllowed(nodeID string) bool {
 		return true
 	}
 	return ks.trust.Members[nodeID]
+}
+
+// EnrolTokenID returns the id part of a well-formed token (ok false for a
+// malformed one). The id is not secret: it names the token in lists and
+// audit entries, and binds an enrolment's HPKE exchange to the token.
+func EnrolTokenID(token string) (string, bool) { return parseToken(token) }
+
+// EnrolTokenRefusal says, for the audit log (admins only), why token id
+// presented by nodeID was refused: the caller was told only "invalid", so
+// that a guesser learns nothing.
+func (ks *Keystore) EnrolTokenRefusal(id, nodeID string) string {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	var t *EnrolToken
+	if ks.trust != nil {
+		t = ks.trust.Tokens[id]
+	}
+	now := ks.cfg.Now().UTC()
+	switch {
+	case t == nil:
+		return "no such token (never issued, revoked, or pruned a day after expiry)"
+	case t.NodeID != nodeID:
+		return "issued for node " + t.NodeID
+	case t.UsedAt != nil:
+		return "used already at " + t.UsedAt.Format(time.RFC3339)
+	case !now.Before(t.ExpiresAt):
+		return "expired at " + t.ExpiresAt.Format(time.RFC3339)
+	}
+	return "wrong secret for this token id"
 }

@@ -23,8 +23,11 @@ var RequestOperations = []string{
 	"init", "unseal", "seal", "reseal", "rekey", "audit-hash", "status", "health", "metrics",
 	// /v1/sys/raft/…
 	"raft-peers", "raft-join", "raft-remove-peer", "raft-snapshot-save", "raft-snapshot-restore",
+	"raft-transfer-leadership",
 	// /v1/sys/enrol/tokens…
 	"enrol-token-create", "enrol-token-list", "enrol-token-revoke",
+	// POST /v1/sys/enrol (issue 14).
+	"enrol",
 	// The Kubernetes KMS v2 plugin socket (daemon/kmsv2): Encrypt, Decrypt.
 	"kms_encrypt", "kms_decrypt",
 	"unknown",
@@ -43,6 +46,9 @@ var EventOperations = []string{
 	"membership",      // the leader added or removed a member (issue 9)
 	"cluster-refused", // a peer was refused at the cluster port (rate-limited)
 	"forwarded-write", // the leader committed a write a follower forwarded
+	"enrol-answered",  // this node used a node's enrolment token and sent it the root key (issue 14)
+	"enrol-refused",   // this node refused a node's enrolment token (issue 14)
+	"enrolled",        // this node received the root key and sealed it with its device (issue 14)
 	"unusual-access",  // an alert rule fired
 	"audit-reopened",  // the log file was reopened (SIGHUP)
 	"audit-recovered", // the log is writable again after a failure
