@@ -166,6 +166,7 @@ func Listen(cfg Config) (*Server, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	ln = &capListener{Listener: ln, log: log, perUID: map[uint32]int{}}
 	s := &Server{cfg: cfg, log: log, ln: ln, done: make(chan struct{})}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
@@ -228,7 +229,11 @@ func (peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, c
 }
 
 func (peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	caller, err := auth.CallerFromConn(c)
+	id := c
+	if cc, ok := c.(*capConn); ok {
+		id = cc.UnixConn // CallerFromConn needs the *net.UnixConn
+	}
+	caller, err := auth.CallerFromConn(id)
 	if err != nil {
 		// Unidentified: every call is denied (Allowed(nil, …) is false).
 		return c, callerInfo{}, nil
