@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -82,5 +83,64 @@ func TestTransport_PendingHandshakesBounded(t *testing.T) {
 			t.Fatalf("no completed handshake after the flood: %d %s", st, out)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestTrust_NonMemberConnectionsBounded: a certificate of the cluster's CA
+// for a node id that is not a member (one issued ahead of a join, or
+// stolen) completes the handshake, and its RPC connections are kept since
+// join is open to it. Nothing bounded how many it kept: each one idle,
+// after a refused request, stayed open with no time limit. Now a
+// non-member id keeps at most maxNonMemberConns RPC connections, and a
+// refused request closes its connection.
+func TestTrust_NonMemberConnectionsBounded(t *testing.T) {
+	tlsDir := t.TempDir()
+	now := time.Now()
+	if _, _, err := tlsutil.CreateCA(tlsDir, 30, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"node1", "intruder"} {
+		newCert(t, tlsDir, id, now)
+	}
+	n1 := newTrustNode(t, tlsDir, "node1", true)
+	addr := n1.cfg.Net.AdvertiseAddr
+	_, cli := nodeTLS(t, tlsDir, "intruder")
+	const flood = 100
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < flood; i++ {
+		c, err := dialTLS(addr, alpnRPC, cli, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	// One refused request on the first connection (a keep-alive client
+	// would then hold it idle).
+	if _, err := conns[0].Write([]byte("POST /rpc/read-index HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	res := make(chan bool, len(conns))
+	for _, c := range conns {
+		go func(c net.Conn) {
+			c.SetReadDeadline(deadline)
+			_, err := io.Copy(io.Discard, c)
+			res <- errors.Is(err, os.ErrDeadlineExceeded)
+		}(c)
+	}
+	held := 0
+	for range conns {
+		if <-res {
+			held++
+		}
+	}
+	t.Logf("%d RPC connections of a non-member certificate: %d held (cap %d)", flood, held, maxNonMemberConns)
+	if held > maxNonMemberConns {
+		t.Fatalf("a non-member certificate keeps %d RPC connections, want at most %d", held, maxNonMemberConns)
 	}
 }

@@ -185,6 +185,7 @@ func (n *Node) member(h http.HandlerFunc) http.HandlerFunc {
 		}
 		if reason != "" {
 			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: reason})
+			w.Header().Set("Connection", "close") // a refused peer keeps no idle connection
 			writeRPC(w, http.StatusForbidden, applyResponse{Error: "forbidden: " + reason})
 			return
 		}
@@ -200,19 +201,38 @@ func peerOfRequest(r *http.Request) (peerInfo, error) {
 	return peerOf(cs)
 }
 
+// maxNonMemberConns bounds the RPC connections a node id that is not a
+// member keeps open (see gate).
+const maxNonMemberConns = 4
+
 // tracked is an accepted connection and whom it belongs to.
 type tracked struct {
 	peer  peerInfo
 	proto string
 }
 
-func (n *Node) track(c net.Conn, p peerInfo, proto string) {
+// trackLimited records c as p's connection for proto (sweep re-checks it),
+// unless limit > 0 and p's node id already has limit of them; it reports
+// whether it tracked c.
+func (n *Node) trackLimited(c net.Conn, p peerInfo, proto string, limit int) bool {
 	n.connMu.Lock()
 	defer n.connMu.Unlock()
+	if limit > 0 {
+		have := 0
+		for _, t := range n.conns {
+			if t.peer.id == p.id && t.proto == proto {
+				have++
+			}
+		}
+		if have >= limit {
+			return false
+		}
+	}
 	if n.conns == nil {
 		n.conns = map[net.Conn]tracked{}
 	}
 	n.conns[c] = tracked{peer: p, proto: proto}
+	return true
 }
 
 func (n *Node) untrack(c net.Conn) {
@@ -339,7 +359,17 @@ func (n *Node) gate(tc *tls.Conn, proto string, hsErr error) net.Conn {
 		return nil
 	}
 	c := &trackedConn{Conn: tc, n: n}
-	n.track(c, p, proto)
+	// A non-member's RPC connections are kept (join is open to it), but
+	// not any number of them: each costs a file descriptor, and the
+	// certificate may be stolen or issued ahead of a join.
+	limit := 0
+	if proto == alpnRPC && !n.isMember(p.id) {
+		limit = maxNonMemberConns
+	}
+	if !n.trackLimited(c, p, proto, limit) {
+		n.refused(Refusal{Remote: remote, NodeID: p.id, What: proto, Reason: "too many connections of a node that is not a member"})
+		return nil
+	}
 	return c
 }
 
