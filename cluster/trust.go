@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,7 +136,7 @@ func (n *Node) admit(p peerInfo, proto string) string {
 
 // refused logs (rate-limited per node id and reason) and reports a refusal.
 func (n *Node) refused(r Refusal) {
-	key := r.NodeID + "\x00" + r.What + "\x00" + r.Reason
+	key := refusalKey(r)
 	n.refuseMu.Lock()
 	if n.refuseSeen == nil {
 		n.refuseSeen = map[string]time.Time{}
@@ -164,6 +165,26 @@ func (n *Node) refused(r Refusal) {
 		n.cfg.OnRefused(r)
 	}
 }
+
+// refusalKey is what makes a refusal new for the rate limit. Only what the
+// peer cannot vary at will counts: a failed handshake's error text quotes
+// the client (the ALPN protocols or versions it offered, the name of an
+// unknown issuer), so all failed handshakes are one kind; a path that is
+// not a node RPC is "other". Without a certificate, varying them made
+// every refusal a log line and an audit entry of its own.
+func refusalKey(r Refusal) string {
+	what, reason := r.What, r.Reason
+	switch {
+	case what == "handshake":
+		reason = ""
+	case strings.HasPrefix(what, "/") && !rpcPaths[what]:
+		what = "other"
+	}
+	return r.NodeID + "\x00" + what + "\x00" + reason
+}
+
+// rpcPaths are the node RPCs (rpc_server.go).
+var rpcPaths = map[string]bool{"/rpc/apply": true, "/rpc/join": true, "/rpc/remove": true, "/rpc/read-index": true, "/rpc/seal-state": true}
 
 // refuseEvery: one log line and audit entry per node id, path and reason
 // in this interval; the rest are counted (a flood cannot fill the disk).
