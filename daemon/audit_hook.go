@@ -251,7 +251,9 @@ func (s *Server) finishRequest(rc *reqCtx, status int) error {
 	a := s.audit
 	var err error
 	coalesced := false
-	if !ra.skip && (status >= 400 && status < 500 || ra.coalesce && status < 300) {
+	// A sealed node answers 503 before any grant is checked (the policies
+	// are sealed too): anyone can get that answer, so it is coalesced too.
+	if !ra.skip && (status >= 400 && status < 500 || ra.coalesce && status < 300 || ra.errCode == api.CodeSealed) {
 		var done []*audit.Entry
 		coalesced, done = a.coal.suppress(rc.caller, rc.id, op, outcome, ra.errCode)
 		a.writeCoalesced(done)

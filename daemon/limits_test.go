@@ -314,6 +314,9 @@ func TestHelperFlood(t *testing.T) {
 	if os.Getenv("COFFER_TEST_FLOOD_METHOD") == "GET" { // count 200s of a GET instead
 		req, want = "GET "+os.Getenv("COFFER_TEST_FLOOD_PATH")+" HTTP/1.1\r\nHost: coffer\r\n\r\n", 200
 	}
+	if w, err := strconv.Atoi(os.Getenv("COFFER_TEST_FLOOD_WANT")); err == nil {
+		want = w
+	}
 	denied := 0
 	for i := 0; i < n; i++ {
 		if _, err := io.WriteString(c, req); err != nil {

@@ -66,3 +66,43 @@ func TestServer_EmptyListFloodAudit(t *testing.T) {
 		return e != nil && e.Outcome == audit.OutcomeOK && e.Detail["count"] == ""
 	})
 }
+
+// TestServer_SealedFloodAudit: while a node is sealed (after a restart,
+// until operators bring their shares) every key, secret and policy request
+// is answered 503 sealed before any grant is checked (the policies are
+// sealed too). 5xx answers were never coalesced, so any local user could
+// write an audit entry per request for as long as the node stayed sealed.
+// A sealed answer is now coalesced like a denial.
+func TestServer_SealedFloodAudit(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to connect as another uid")
+	}
+	n := startNode(t, t.TempDir(), func(c *config.Config) { c.Listener.Mode = 0o666 })
+	os.Chmod(filepath.Dir(n.cfg.Listener.Path), 0o755)
+	n.init(1, 1)
+	n.must("POST", "/v1/sys/seal", nil, nil, 204)
+	st0, _ := os.Stat(n.cfg.AuditPath())
+	exe := copyTestBinary(t)
+	cmd := exec.Command(exe, "-test.run=^TestHelperFlood$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "COFFER_TEST_FLOOD_SOCK="+n.cfg.Listener.Path, "COFFER_TEST_FLOOD_N=5000",
+		"COFFER_TEST_FLOOD_PATH=/v1/keys/app/unwrap", "COFFER_TEST_FLOOD_WANT=503")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("flood helper: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "RESULT 5000\n") {
+		t.Fatalf("flood helper: %s, want 5000 answered 503", out)
+	}
+	var entries []*audit.Entry
+	waitFor(t, "every sealed answer accounted for", 5*time.Second, func() bool {
+		_, entries = auditLog(t, n)
+		return accounted(entries, 65534) == 5000
+	})
+	st1, _ := os.Stat(n.cfg.AuditPath())
+	grew := st1.Size() - st0.Size()
+	t.Logf("5,000 requests from uid 65534 to a sealed node: audit grew %d KB", grew/1000)
+	if grew >= 300_000 {
+		t.Fatalf("5,000 requests to a sealed node wrote %d bytes of audit, want < 300 KB", grew)
+	}
+}
