@@ -86,6 +86,10 @@ func aggregate(mf *dto.MetricFamily) *dto.MetricFamily {
 // at most this many descriptors.
 const telemetryMaxConns = 32
 
+// telemetryMaxConnsPerIP bounds one remote address's share, so that a
+// flood from one address does not keep a scraper at another out.
+const telemetryMaxConnsPerIP = 4
+
 // serveTelemetry starts the telemetry listener, if configured. It serves
 // GET /metrics only, with the aggregate metrics, and nothing else.
 func (s *Server) serveTelemetry() error {
@@ -114,7 +118,7 @@ func (s *Server) serveTelemetry() error {
 	}
 	s.telemetryAddr = ln.Addr().String()
 	s.log.Info("serving aggregate metrics for Prometheus", "address", s.telemetryAddr)
-	ln = &capListener{Listener: ln, sem: make(chan struct{}, telemetryMaxConns)}
+	ln = &capListener{Listener: ln, sem: make(chan struct{}, telemetryMaxConns), perIP: map[string]int{}}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -125,11 +129,14 @@ func (s *Server) serveTelemetry() error {
 	return nil
 }
 
-// capListener closes connections beyond cap(sem) at accept (it does not
+// capListener closes connections beyond cap(sem) in all, or beyond
+// telemetryMaxConnsPerIP of one remote address, at accept (it does not
 // wait: a blocked accept would let a flood hold the scraper out longer).
 type capListener struct {
 	net.Listener
-	sem chan struct{}
+	sem   chan struct{}
+	mu    sync.Mutex
+	perIP map[string]int
 }
 
 func (l *capListener) Accept() (net.Conn, error) {
@@ -138,25 +145,47 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case l.sem <- struct{}{}:
-			return &capConn{Conn: c, sem: l.sem}, nil
-		default:
-			c.Close()
+		ip := c.RemoteAddr().String()
+		if h, _, err := net.SplitHostPort(ip); err == nil {
+			ip = h
 		}
+		l.mu.Lock()
+		ok := l.perIP[ip] < telemetryMaxConnsPerIP
+		if ok {
+			select {
+			case l.sem <- struct{}{}:
+				l.perIP[ip]++
+			default:
+				ok = false
+			}
+		}
+		l.mu.Unlock()
+		if !ok {
+			c.Close()
+			continue
+		}
+		return &capConn{Conn: c, l: l, ip: ip}, nil
 	}
 }
 
 // capConn gives its slot back once, at its first Close.
 type capConn struct {
 	net.Conn
-	sem  chan struct{}
+	l    *capListener
+	ip   string
 	once sync.Once
 }
 
 func (c *capConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { <-c.sem })
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.perIP[c.ip]--; c.l.perIP[c.ip] <= 0 {
+			delete(c.l.perIP, c.ip)
+		}
+		c.l.mu.Unlock()
+		<-c.l.sem
+	})
 	return err
 }
 

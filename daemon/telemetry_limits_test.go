@@ -88,3 +88,49 @@ func TestTelemetry_ConnectionCap(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestTelemetry_ScraperNotLockedOut: one address holding idle connections
+// must not keep a scraper at another address out. The telemetry listener
+// holds at most telemetryMaxConnsPerIP connections of one address, so an
+// attacker needs many addresses to fill telemetryMaxConns.
+func TestTelemetry_ScraperNotLockedOut(t *testing.T) {
+	n := startNode(t, t.TempDir(), func(c *config.Config) {
+		c.Telemetry = &config.TelemetryConfig{PrometheusListen: "127.0.0.1:0"}
+	})
+	if st, _, _ := n.raw(nil, "GET", "/v1/sys/health", ""); st == 0 {
+		t.Fatal("no answer on the API socket")
+	}
+	addr := n.srv.telemetryAddr
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < telemetryMaxConns+8; i++ {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	// The scraper, from another loopback address, while the attacker at
+	// 127.0.0.1 holds what it could.
+	tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}).DialContext}
+	defer tr.CloseIdleConnections()
+	until := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(until) {
+			t.Fatalf("a scraper at 127.0.0.2 was kept out by idle connections from 127.0.0.1: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
