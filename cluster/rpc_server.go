@@ -28,17 +28,39 @@ type applyResponse struct {
 
 const errNotLeader = "not_leader"
 
+// rpcRoutes are the node RPCs (all POST). Every one but join is for
+// current members only (trust.go); join decides itself (joinAuth). The
+// refusal rate limit groups paths by this table (isRPCPath).
+var rpcRoutes map[string]rpcRoute
+
+type rpcRoute struct {
+	open    bool // no membership check (join)
+	handler func(*Node, http.ResponseWriter, *http.Request)
+}
+
+// init fills rpcRoutes: the handlers refer (through the refusal audit) to
+// isRPCPath, which reads the table, so it cannot be a plain initialiser.
+func init() {
+	rpcRoutes = map[string]rpcRoute{
+		"/rpc/apply":               {false, (*Node).rpcApply},
+		"/rpc/join":                {true, (*Node).rpcJoin},
+		"/rpc/remove":              {false, (*Node).rpcRemove},
+		"/rpc/read-index":          {false, (*Node).rpcReadIndex},
+		"/rpc/seal-state":          {false, (*Node).rpcSealState},
+		"/rpc/enrol":               {false, (*Node).rpcEnrol},
+		"/rpc/transfer-leadership": {false, (*Node).rpcTransferLeadership},
+	}
+}
+
 func (n *Node) newRPCServer() *http.Server {
 	mux := http.NewServeMux()
-	// Every route but join is for current members only (trust.go); join
-	// decides itself (joinAuth).
-	mux.HandleFunc("POST /rpc/apply", n.member(n.rpcApply))
-	mux.HandleFunc("POST /rpc/join", n.rpcJoin)
-	mux.HandleFunc("POST /rpc/remove", n.member(n.rpcRemove))
-	mux.HandleFunc("POST /rpc/read-index", n.member(n.rpcReadIndex))
-	mux.HandleFunc("POST /rpc/seal-state", n.member(n.rpcSealState))
-	mux.HandleFunc("POST /rpc/enrol", n.member(n.rpcEnrol))
-	mux.HandleFunc("POST /rpc/transfer-leadership", n.member(n.rpcTransferLeadership))
+	for path, rt := range rpcRoutes {
+		h := func(w http.ResponseWriter, r *http.Request) { rt.handler(n, w, r) }
+		if !rt.open {
+			h = n.member(h)
+		}
+		mux.HandleFunc("POST "+path, h)
+	}
 	mux.HandleFunc("/", n.member(http.NotFound))
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: n.log.Named("rpc").StandardLogger(nil),
 		// The mux hands net/http a plainConn, so r.TLS is nil: keep the

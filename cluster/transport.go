@@ -19,6 +19,14 @@ const (
 	alpnRPC  = "coffer-rpc/1"
 )
 
+// Pending handshakes: see mux.admitHandshake. Per address, above what a
+// member opens at once (a follower forwarding a burst of writes dials the
+// leader once per write in flight: the RPC client has no per-host cap).
+const (
+	maxPendingHandshakesPerIP = 128
+	maxPendingHandshakes      = 1024
+)
+
 // mux accepts mutual-TLS connections on the cluster address and hands each
 // to raft or to the RPC server by the ALPN protocol the peer asked for. A
 // peer without a certificate signed by the cluster CA never gets past the
@@ -36,6 +44,48 @@ type mux struct {
 
 	closeOnce sync.Once
 	done      chan struct{}
+
+	pendMu    sync.Mutex
+	pending   map[string]int // pending handshakes by remote IP
+	pendTotal int
+	lastWarn  time.Time
+}
+
+// admitHandshake counts a pending handshake of c's remote IP, or reports
+// that it must be closed at once. Before its handshake a connection is
+// anyone's (no certificate yet) and is held for up to the 10 s handshake
+// timeout: without a bound a silent flood took the node's file descriptors.
+// Per address, so that one source cannot keep members' reconnections out;
+// in all, for many sources. Established connections are not counted here.
+func (m *mux) admitHandshake(c net.Conn) (ip string, ok bool) {
+	ip = c.RemoteAddr().String()
+	if h, _, err := net.SplitHostPort(ip); err == nil {
+		ip = h
+	}
+	m.pendMu.Lock()
+	defer m.pendMu.Unlock()
+	if m.pending[ip] >= maxPendingHandshakesPerIP || m.pendTotal >= maxPendingHandshakes {
+		if now := time.Now(); now.Sub(m.lastWarn) >= time.Second {
+			m.lastWarn = now
+			m.log.Warn("cluster port: too many pending handshakes, closing new connections", "remote", ip, "pending-from-remote", m.pending[ip], "pending", m.pendTotal)
+		}
+		return ip, false
+	}
+	if m.pending == nil {
+		m.pending = map[string]int{}
+	}
+	m.pending[ip]++
+	m.pendTotal++
+	return ip, true
+}
+
+func (m *mux) handshakeDone(ip string) {
+	m.pendMu.Lock()
+	defer m.pendMu.Unlock()
+	m.pendTotal--
+	if m.pending[ip]--; m.pending[ip] <= 0 {
+		delete(m.pending, ip)
+	}
 }
 
 func newMux(bind string, srvTLS *tls.Config, log hclog.Logger, gate func(*tls.Conn, string, error) net.Conn) (*mux, error) {
@@ -69,15 +119,22 @@ func (m *mux) serve() {
 			m.log.Error("cluster listener failed", "error", err)
 			return
 		}
-		go m.handshake(c)
+		ip, ok := m.admitHandshake(c)
+		if !ok {
+			c.Close()
+			continue
+		}
+		go m.handshake(c, ip)
 	}
 }
 
-func (m *mux) handshake(c net.Conn) {
+func (m *mux) handshake(c net.Conn, ip string) {
 	tc := tls.Server(c, m.srvTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
+	err := tc.HandshakeContext(ctx)
+	m.handshakeDone(ip)
+	if err != nil {
 		m.gate(tc, "", err) // refused: reported there
 		c.Close()
 		return

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,7 +136,7 @@ func (n *Node) admit(p peerInfo, proto string) string {
 
 // refused logs (rate-limited per node id and reason) and reports a refusal.
 func (n *Node) refused(r Refusal) {
-	key := r.NodeID + "\x00" + r.What + "\x00" + r.Reason
+	key := refusalKey(r)
 	n.refuseMu.Lock()
 	if n.refuseSeen == nil {
 		n.refuseSeen = map[string]time.Time{}
@@ -165,6 +166,29 @@ func (n *Node) refused(r Refusal) {
 	}
 }
 
+// refusalKey is what makes a refusal new for the rate limit. Only what the
+// peer cannot vary at will counts: a failed handshake's error text quotes
+// the client (the ALPN protocols or versions it offered, the name of an
+// unknown issuer), so all failed handshakes are one kind; a path that is
+// not a node RPC is "other". Without a certificate, varying them made
+// every refusal a log line and an audit entry of its own.
+func refusalKey(r Refusal) string {
+	what, reason := r.What, r.Reason
+	switch {
+	case what == "handshake":
+		reason = ""
+	case strings.HasPrefix(what, "/") && !isRPCPath(what):
+		what = "other"
+	}
+	return r.NodeID + "\x00" + what + "\x00" + reason
+}
+
+// isRPCPath reports whether path is a node RPC (rpcRoutes, rpc_server.go).
+func isRPCPath(path string) bool {
+	_, ok := rpcRoutes[path]
+	return ok
+}
+
 // refuseEvery: one log line and audit entry per node id, path and reason
 // in this interval; the rest are counted (a flood cannot fill the disk).
 const refuseEvery = 10 * time.Second
@@ -185,6 +209,7 @@ func (n *Node) member(h http.HandlerFunc) http.HandlerFunc {
 		}
 		if reason != "" {
 			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: reason})
+			w.Header().Set("Connection", "close") // a refused peer keeps no idle connection
 			writeRPC(w, http.StatusForbidden, applyResponse{Error: "forbidden: " + reason})
 			return
 		}
@@ -200,19 +225,38 @@ func peerOfRequest(r *http.Request) (peerInfo, error) {
 	return peerOf(cs)
 }
 
+// maxNonMemberConns bounds the RPC connections a node id that is not a
+// member keeps open (see gate).
+const maxNonMemberConns = 4
+
 // tracked is an accepted connection and whom it belongs to.
 type tracked struct {
 	peer  peerInfo
 	proto string
 }
 
-func (n *Node) track(c net.Conn, p peerInfo, proto string) {
+// trackLimited records c as p's connection for proto (sweep re-checks it),
+// unless limit > 0 and p's node id already has limit of them; it reports
+// whether it tracked c.
+func (n *Node) trackLimited(c net.Conn, p peerInfo, proto string, limit int) bool {
 	n.connMu.Lock()
 	defer n.connMu.Unlock()
+	if limit > 0 {
+		have := 0
+		for _, t := range n.conns {
+			if t.peer.id == p.id && t.proto == proto {
+				have++
+			}
+		}
+		if have >= limit {
+			return false
+		}
+	}
 	if n.conns == nil {
 		n.conns = map[net.Conn]tracked{}
 	}
 	n.conns[c] = tracked{peer: p, proto: proto}
+	return true
 }
 
 func (n *Node) untrack(c net.Conn) {
@@ -345,7 +389,17 @@ func (n *Node) gate(tc *tls.Conn, proto string, hsErr error) net.Conn {
 		return nil
 	}
 	c := &trackedConn{Conn: tc, n: n}
-	n.track(c, p, proto)
+	// A non-member's RPC connections are kept (join is open to it), but
+	// not any number of them: each costs a file descriptor, and the
+	// certificate may be stolen or issued ahead of a join.
+	limit := 0
+	if proto == alpnRPC && !n.isMember(p.id) {
+		limit = maxNonMemberConns
+	}
+	if !n.trackLimited(c, p, proto, limit) {
+		n.refused(Refusal{Remote: remote, NodeID: p.id, What: proto, Reason: "too many connections of a node that is not a member"})
+		return nil
+	}
 	return c
 }
 

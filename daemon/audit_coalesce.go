@@ -52,6 +52,7 @@ type coalesceBucket struct {
 	caller      *audit.Caller
 	ops, codes  []string
 	allDenied   bool
+	allOK       bool // only empty lists (reqAudit.coalesce)
 }
 
 type coalescer struct {
@@ -89,7 +90,7 @@ func (c *coalescer) suppress(caller *auth.Caller, id, op, outcome, code string) 
 		b = nil
 	}
 	if b == nil {
-		b = &coalesceBucket{sec: sec, allDenied: true}
+		b = &coalesceBucket{sec: sec, allDenied: true, allOK: true}
 		c.buckets[k] = b
 	}
 	b.n++
@@ -103,6 +104,7 @@ func (c *coalescer) suppress(caller *auth.Caller, id, op, outcome, code string) 
 	b.last = id
 	b.caller = auditCaller(caller)
 	b.allDenied = b.allDenied && outcome == audit.OutcomeDenied
+	b.allOK = b.allOK && outcome == audit.OutcomeOK
 	if !slices.Contains(b.ops, op) && len(b.ops) < maxCoalesceDetail {
 		b.ops = append(b.ops, op)
 	}
@@ -137,8 +139,11 @@ func (b *coalesceBucket) entry() *audit.Entry {
 		return nil
 	}
 	outcome := audit.OutcomeError
-	if b.allDenied {
+	switch {
+	case b.allDenied:
 		outcome = audit.OutcomeDenied
+	case b.allOK:
+		outcome = audit.OutcomeOK
 	}
 	op := b.ops[0]
 	d := map[string]string{

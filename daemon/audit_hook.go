@@ -107,8 +107,12 @@ func (a *auditor) close() {
 
 // reqAudit is what a request's audit entry collects while it is served.
 type reqAudit struct {
-	skip       bool // GET status, health, metrics
-	done       bool
+	skip bool // GET status, health, metrics
+	done bool
+	// coalesce: a success that showed a non-admin nothing (an empty key
+	// or secret list). It needs no grant at all, so a flood of it is
+	// coalesced as a failing flood is (audit_coalesce.go).
+	coalesce   bool
 	key        string // for create, whose key is in the body
 	keyVersion int
 	errCode    string // set by fail
@@ -247,7 +251,9 @@ func (s *Server) finishRequest(rc *reqCtx, status int) error {
 	a := s.audit
 	var err error
 	coalesced := false
-	if !ra.skip && status >= 400 && status < 500 {
+	// A sealed node answers 503 before any grant is checked (the policies
+	// are sealed too): anyone can get that answer, so it is coalesced too.
+	if !ra.skip && (status >= 400 && status < 500 || ra.coalesce && status < 300 || ra.errCode == api.CodeSealed) {
 		var done []*audit.Entry
 		coalesced, done = a.coal.suppress(rc.caller, rc.id, op, outcome, ra.errCode)
 		a.writeCoalesced(done)

@@ -36,6 +36,7 @@ func (s *Server) visible(rc *reqCtx, op string, names []string) []string {
 			out = append(out, n)
 		}
 	}
+	rc.au.coalesce = len(out) == 0
 	return out
 }
 

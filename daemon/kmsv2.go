@@ -149,24 +149,36 @@ func (b kmsBackend) Record(r *kmsv2.Record) error {
 func (b kmsBackend) record(r *kmsv2.Record, detail map[string]string) error {
 	s := b.s
 	a := s.audit
-	outcome, code := audit.OutcomeOK, ""
+	outcome, code, clientErr := audit.OutcomeOK, "", false
 	switch {
 	case r.Err == nil:
 	case errors.Is(r.Err, kmsv2.ErrPermissionDenied):
-		outcome, code = audit.OutcomeDenied, api.CodePermissionDenied
+		outcome, code, clientErr = audit.OutcomeDenied, api.CodePermissionDenied, true
 	default:
 		outcome = audit.OutcomeError
-		_, d, _ := toAPIError(r.Err)
-		code = d.Code
+		status, d, _ := toAPIError(r.Err)
+		code, clientErr = d.Code, status < 500
 	}
 	e := &audit.Entry{
 		Type: audit.TypeRequest, RequestID: s.newRequestID(), Operation: r.Op, Caller: auditCaller(r.Caller),
 		Key: r.Key, KeyVersion: r.KeyVersion, Outcome: outcome, ErrorCode: code, Detail: detail,
 	}
-	err := a.w.Append(e)
-	if err != nil {
-		a.m.auditRefuse.Inc()
-		outcome = audit.OutcomeError
+	// A flood of denied or malformed calls is coalesced as the API
+	// socket's is (audit_coalesce.go): whoever can open the KMS socket
+	// (kms_v2.group) must not fill the audit disk, which would make the
+	// node refuse everyone.
+	coalesced := false
+	if clientErr {
+		var done []*audit.Entry
+		coalesced, done = a.coal.suppress(r.Caller, e.RequestID, r.Op, outcome, code)
+		a.writeCoalesced(done)
+	}
+	var err error
+	if !coalesced {
+		if err = a.w.Append(e); err != nil {
+			a.m.auditRefuse.Inc()
+			outcome = audit.OutcomeError
+		}
 	}
 	a.m.observe(r.Op, outcome, time.Since(r.Start))
 	uid, unit := int64(-1), ""
@@ -179,6 +191,8 @@ func (b kmsBackend) record(r *kmsv2.Record, detail map[string]string) error {
 			u = strconv.FormatInt(uid, 10)
 		}
 		a.m.deniedBy(u, unit)
+	}
+	if outcome == audit.OutcomeDenied && !coalesced {
 		s.log.Warn("KMS v2 call denied", "request-id", e.RequestID, "operation", r.Op, "key", r.Key, "caller", callerString(r.Caller))
 	}
 	for _, al := range a.rules.observe(uid, unit, r.Op, outcome) {

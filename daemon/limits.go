@@ -65,12 +65,16 @@ type connLimiter struct {
 	perUID map[uint32]int
 	total  int
 
+	// knownAdmin reports whether a uid is an admin by its uid alone (uid 0
+	// and admin.uids), which is all that is known at accept.
+	knownAdmin func(uid uint32) bool
+
 	refusedAtAccept atomic.Uint64
 	log             hclog.Logger
 	lastWarn        atomic.Int64 // unix seconds of the last "connection cap" warning
 }
 
-func newConnLimiter(maxPerUID, maxTotal int, log hclog.Logger) *connLimiter {
+func newConnLimiter(maxPerUID, maxTotal int, log hclog.Logger, knownAdmin func(uid uint32) bool) *connLimiter {
 	// The caps only bound anything below the file descriptor limit (Go
 	// raises the soft limit to the hard one at start): past it, accept
 	// fails for everyone, admins included.
@@ -79,7 +83,7 @@ func newConnLimiter(maxPerUID, maxTotal int, log hclog.Logger) *connLimiter {
 		log.Warn("listener max_conns is above what the file descriptor limit allows: lower max_conns or raise LimitNOFILE=",
 			"max-conns", maxTotal, "fd-limit", rl.Cur, "needed", maxTotal+adminReserve+fdHeadroom)
 	}
-	return &connLimiter{maxPerUID: maxPerUID, maxTotal: maxTotal, perUID: map[uint32]int{}, log: log}
+	return &connLimiter{maxPerUID: maxPerUID, maxTotal: maxTotal, perUID: map[uint32]int{}, log: log, knownAdmin: knownAdmin}
 }
 
 // fdHeadroom is what cofferd needs besides API connections: raft peers and
@@ -91,10 +95,19 @@ const fdHeadroom = 256
 // beyond a cap (answer 429 unless the caller is an admin); drop says it is
 // beyond even the admin reserve and must be closed at once (then it is not
 // counted).
+//
+// A connection beyond max_conns_per_uid is kept until its first request
+// only because its caller may be an admin by group, which accept cannot
+// tell. Without a bound on those, a uid that opens connections and never
+// sends a request held max_conns plus the whole reserve, and the node then
+// closed everyone's new connections, root's too. So one uid keeps at most
+// max_conns_per_uid plus the reserve, and the uids known to be admins at
+// accept (0 and admin.uids) are never closed here.
 func (l *connLimiter) acquire(uid uint32) (over, drop bool) {
+	admin := l.knownAdmin != nil && l.knownAdmin(uid)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.total >= l.maxTotal+adminReserve {
+	if !admin && (l.total >= l.maxTotal+adminReserve || l.perUID[uid] >= l.maxPerUID+adminReserve) {
 		return true, true
 	}
 	l.total++

@@ -310,6 +310,13 @@ func TestHelperFlood(t *testing.T) {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	req := "POST " + os.Getenv("COFFER_TEST_FLOOD_PATH") + " HTTP/1.1\r\nHost: coffer\r\nContent-Type: application/json\r\nContent-Length: 18\r\n\r\n{\"ciphertext\":\"x\"}"
+	want := 403
+	if os.Getenv("COFFER_TEST_FLOOD_METHOD") == "GET" { // count 200s of a GET instead
+		req, want = "GET "+os.Getenv("COFFER_TEST_FLOOD_PATH")+" HTTP/1.1\r\nHost: coffer\r\n\r\n", 200
+	}
+	if w, err := strconv.Atoi(os.Getenv("COFFER_TEST_FLOOD_WANT")); err == nil {
+		want = w
+	}
 	denied := 0
 	for i := 0; i < n; i++ {
 		if _, err := io.WriteString(c, req); err != nil {
@@ -321,7 +328,7 @@ func TestHelperFlood(t *testing.T) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == 403 {
+		if resp.StatusCode == want {
 			denied++
 		}
 	}

@@ -285,7 +285,9 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // ServeListener serves on ln (e.g. a socket-activated listener).
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
-	s.limiter = newConnLimiter(s.cfg.Listener.MaxConnsPerUID, s.cfg.Listener.MaxConns, s.log.Named("limits"))
+	s.limiter = newConnLimiter(s.cfg.Listener.MaxConnsPerUID, s.cfg.Listener.MaxConns, s.log.Named("limits"), func(uid uint32) bool {
+		return uid == 0 || (s.admins != nil && s.admins.UIDs[uid])
+	})
 	ln = &limitListener{Listener: ln, lim: s.limiter}
 	if err := s.startKMS(); err != nil {
 		ln.Close()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
@@ -76,6 +77,19 @@ func aggregate(mf *dto.MetricFamily) *dto.MetricFamily {
 	return out
 }
 
+// telemetryMaxConns bounds the connections the telemetry listener holds.
+// It is TCP, reachable by whoever can reach its address, and outside the
+// API socket's caps (limits.go), while every connection costs a file
+// descriptor the daemon shares with the API socket, raft and the audit
+// log. A scraper needs one or two; beyond the cap a connection is closed
+// at accept, so a flood of idle connections can delay scrapes but holds
+// at most this many descriptors.
+const telemetryMaxConns = 32
+
+// telemetryMaxConnsPerIP bounds one remote address's share, so that a
+// flood from one address does not keep a scraper at another out.
+const telemetryMaxConnsPerIP = 4
+
 // serveTelemetry starts the telemetry listener, if configured. It serves
 // GET /metrics only, with the aggregate metrics, and nothing else.
 func (s *Server) serveTelemetry() error {
@@ -104,6 +118,7 @@ func (s *Server) serveTelemetry() error {
 	}
 	s.telemetryAddr = ln.Addr().String()
 	s.log.Info("serving aggregate metrics for Prometheus", "address", s.telemetryAddr)
+	ln = &capListener{Listener: ln, sem: make(chan struct{}, telemetryMaxConns), perIP: map[string]int{}}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -112,6 +127,66 @@ func (s *Server) serveTelemetry() error {
 		}
 	}()
 	return nil
+}
+
+// capListener closes connections beyond cap(sem) in all, or beyond
+// telemetryMaxConnsPerIP of one remote address, at accept (it does not
+// wait: a blocked accept would let a flood hold the scraper out longer).
+type capListener struct {
+	net.Listener
+	sem   chan struct{}
+	mu    sync.Mutex
+	perIP map[string]int
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := c.RemoteAddr().String()
+		if h, _, err := net.SplitHostPort(ip); err == nil {
+			ip = h
+		}
+		l.mu.Lock()
+		ok := l.perIP[ip] < telemetryMaxConnsPerIP
+		if ok {
+			select {
+			case l.sem <- struct{}{}:
+				l.perIP[ip]++
+			default:
+				ok = false
+			}
+		}
+		l.mu.Unlock()
+		if !ok {
+			c.Close()
+			continue
+		}
+		return &capConn{Conn: c, l: l, ip: ip}, nil
+	}
+}
+
+// capConn gives its slot back once, at its first Close.
+type capConn struct {
+	net.Conn
+	l    *capListener
+	ip   string
+	once sync.Once
+}
+
+func (c *capConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.perIP[c.ip]--; c.l.perIP[c.ip] <= 0 {
+			delete(c.l.perIP, c.ip)
+		}
+		c.l.mu.Unlock()
+		<-c.l.sem
+	})
+	return err
 }
 
 func (s *Server) closeTelemetry() {

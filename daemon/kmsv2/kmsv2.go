@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -120,6 +121,18 @@ type Record struct {
 	Err        error
 }
 
+// A connection lives at most maxConnectionAge; then the server asks the
+// client to reconnect (GOAWAY: the kube-apiserver's gRPC client does so by
+// itself) and gives its calls in flight maxConnectionAgeGrace to finish
+// before it closes the connection. A unary call has no server-side
+// deadline of its own, so without this a client that sends a request only
+// in part kept what it had sent buffered as long as it kept the
+// connection (up to 256 calls × 256 KiB each).
+var (
+	maxConnectionAge      = 10 * time.Minute
+	maxConnectionAgeGrace = 30 * time.Second
+)
+
 // Config configures a Server.
 type Config struct {
 	Path  string
@@ -166,6 +179,7 @@ func Listen(cfg Config) (*Server, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	ln = &capListener{Listener: ln, log: log, perUID: map[uint32]int{}}
 	s := &Server{cfg: cfg, log: log, ln: ln, done: make(chan struct{})}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
@@ -173,6 +187,7 @@ func Listen(cfg Config) (*Server, error) {
 		grpc.MaxSendMsgSize(MaxMessage),
 		grpc.MaxConcurrentStreams(256),
 		grpc.ConnectionTimeout(10*time.Second),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: maxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace}),
 		grpc.ForceServerCodecV2(zeroingCodec{}),
 	)
 	kmsapi.RegisterKeyManagementServiceServer(s.grpc, s)
@@ -228,7 +243,11 @@ func (peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, c
 }
 
 func (peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	caller, err := auth.CallerFromConn(c)
+	id := c
+	if cc, ok := c.(*capConn); ok {
+		id = cc.UnixConn // CallerFromConn needs the *net.UnixConn
+	}
+	caller, err := auth.CallerFromConn(id)
 	if err != nil {
 		// Unidentified: every call is denied (Allowed(nil, …) is false).
 		return c, callerInfo{}, nil
