@@ -45,6 +45,7 @@ FUZZ_TARGETS := \
 	./keystore:FuzzDecodeCommand \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
+	./daemon:FuzzFastDecode \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \

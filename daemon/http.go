@@ -390,7 +390,15 @@ func writeRaw(w http.ResponseWriter, status int, b []byte) {
 // at most rc.maxBody() bytes. Its errors say which field is wrong and never
 // quote the body.
 func decode(rc *reqCtx, v any) error {
-	body := http.MaxBytesReader(rc.w, rc.r.Body, rc.maxBody())
+	if ok, err := decodeFast(rc, v); ok {
+		return err
+	}
+	return decodeStream(http.MaxBytesReader(rc.w, rc.r.Body, rc.maxBody()), v)
+}
+
+// decodeStream is decode's encoding/json path (also the fallback of the
+// hand-written decoders, fastdecode.go).
+func decodeStream(body io.Reader, v any) error {
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
