@@ -181,10 +181,22 @@ func newArena(body []byte) *arena {
 // b64 decodes a base64 string as encoding/json decodes a []byte field
 // (base64.StdEncoding, which skips \r and \n): a non-nil slice, empty for "".
 func (s *scanner) b64(a *arena) ([]byte, bool) {
-	v, ok := s.str()
-	if !ok {
+	// No character-by-character check here: base64 decoding refuses
+	// every byte outside its alphabet (a backslash, a quote, non-ASCII),
+	// except raw CR and LF, which it skips but JSON does not allow in a
+	// string.
+	if !s.lit('"') {
 		return nil, false
 	}
+	end := bytes.IndexByte(s.b[s.i:], '"')
+	if end < 0 {
+		return nil, false
+	}
+	v := s.b[s.i : s.i+end]
+	if bytes.IndexByte(v, '\n') >= 0 || bytes.IndexByte(v, '\r') >= 0 {
+		return nil, false
+	}
+	s.i += end + 1
 	start := len(a.b)
 	dst := a.b[start : start+base64.StdEncoding.DecodedLen(len(v))]
 	n, err := base64.StdEncoding.Decode(dst, v)

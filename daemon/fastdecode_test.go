@@ -21,6 +21,7 @@ var fastDecodeSeeds = []string{
 	`{"plaintext":"!!"}`, `{"plaintext":"aGk"}`, `{"a":1}`, `{"plaintext":"aGk="} x`, `{"plaintext":"aGk="}{}`,
 	`{"batch":[{"plaintext":"aGk="},]}`, `{"plaintext":"aGk=",}`, `{`, `[]`, `null`, ``, ` `,
 	`{"ciphertext":"caf\u00e9"}`, "{\"ciphertext\":\"caf\xc3\xa9\"}", "{\"ciphertext\":\"\xff\"}",
+	"{\"plaintext\":\"aGk=\r\n\"}", "{\"plaintext\":\"aG\nk=\"}", "{\"plaintext\":\"aGk\\\"=\"}", "{\"aad\":\"eA==\x00\"}",
 }
 
 // FuzzFastDecode: whatever a hand-written decoder accepts, encoding/json
