@@ -10,9 +10,12 @@ import (
 )
 
 // TestBench_ForwardedWriteLatency compares the latency of sequential writes
-// (key creation) through the leader and through a follower, in one process
-// over real loopback TCP with mutual TLS. A measurement, not a test: it
-// asserts nothing about time and runs only with COFFER_BENCH=1.
+// through the leader and through a follower, in one process over real
+// loopback TCP with mutual TLS: key creations, and rotations of one key.
+// The two nodes take turns, write by write, so that both see records of
+// the same size (a rotation rewrites the key's record with all its
+// versions). A measurement, not a test: it asserts nothing about time and
+// runs only with COFFER_BENCH=1.
 //
 //	COFFER_BENCH=1 go test -count=1 -run TestBench_ForwardedWriteLatency -v ./cluster/
 func TestBench_ForwardedWriteLatency(t *testing.T) {
@@ -23,22 +26,36 @@ func TestBench_ForwardedWriteLatency(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	l, f := c.leader(), c.followers()[0]
+	if _, err := l.ks.CreateKey(ctx, "rot", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	p50 := func(lat []time.Duration) (time.Duration, time.Duration) {
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		return lat[len(lat)/2].Round(10 * time.Microsecond), lat[len(lat)*99/100].Round(10 * time.Microsecond)
+	}
 	for round := 0; round < 3; round++ {
-		for _, cn := range []*clusterNode{l, f} {
-			var lat []time.Duration
-			for i := 0; i < 200; i++ {
+		lat := map[string][]time.Duration{}
+		for i := 0; i < 100; i++ {
+			for _, cn := range []*clusterNode{l, f} {
+				role := "leader"
+				if cn == f {
+					role = "follower"
+				}
 				t0 := time.Now()
 				if _, err := cn.ks.CreateKey(ctx, fmt.Sprintf("k-%d-%s-%d", round, cn.id, i), "", ""); err != nil {
 					t.Fatal(err)
 				}
-				lat = append(lat, time.Since(t0))
+				lat["create via "+role] = append(lat["create via "+role], time.Since(t0))
+				t0 = time.Now()
+				if _, err := cn.ks.RotateKey(ctx, "rot"); err != nil {
+					t.Fatal(err)
+				}
+				lat["rotate via "+role] = append(lat["rotate via "+role], time.Since(t0))
 			}
-			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-			role := "leader"
-			if cn == f {
-				role = "follower"
-			}
-			t.Logf("round %d: create via %s: p50 %v p99 %v", round, role, lat[len(lat)/2].Round(10*time.Microsecond), lat[len(lat)*99/100].Round(10*time.Microsecond))
+		}
+		for _, k := range []string{"create via leader", "create via follower", "rotate via leader", "rotate via follower"} {
+			a, b := p50(lat[k])
+			t.Logf("round %d: %s: p50 %v p99 %v", round, k, a, b)
 		}
 	}
 }
