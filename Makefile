@@ -45,13 +45,14 @@ FUZZ_TARGETS := \
 	./keystore:FuzzDecodeCommand \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
+	./daemon:FuzzFastDecode \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \
 	./daemon/kmsv2:FuzzDecrypt \
 	./client:FuzzEnvelopeOpen
 
-.PHONY: help deps build man deb run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load bench-kms clean
+.PHONY: help deps build man deb run install test test-unit test-systemd lint licenses fuzz fuzz-smoke bench bench-load bench-lean bench-kms clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -164,6 +165,9 @@ bench: ## Go benchmarks (keystore, daemon HTTP path)
 
 bench-load: build ## coffer bench against a dev node and ceilingd (docs/benchmarks.md)
 	./scripts/bench.sh
+
+bench-lean: build ## issue 15: loadgen against ceilingd and a dev node, same run, alternating (docs/benchmarks.md)
+	./scripts/bench-lean.sh
 
 bench-kms: build ## KMS v2 plugin (gRPC) next to HTTP wrap/unwrap in the same run (docs/benchmarks.md)
 	$(GO) run ./scripts/kmsv2bench -duration 5s

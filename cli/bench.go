@@ -206,7 +206,8 @@ const (
 // benchWorker sends requests back-to-back on a connection of its own and
 // records what finished inside the measured window.
 type benchWorker struct {
-	client *Client
+	client *Client  // the probe request before the run
+	raw    *rawConn // the workers' lean connection (bench_raw.go)
 	cfg    *benchConfig
 	path   string
 	body   []byte
@@ -221,6 +222,9 @@ type benchWorker struct {
 // send issues one request; it returns the successful items, or an error.
 // Batch items that fail are counted in errs by code.
 func (w *benchWorker) send(ctx context.Context, record bool) (int, error) {
+	if w.raw != nil {
+		return w.sendRaw(ctx, record)
+	}
 	if w.cfg.Batch == 0 {
 		var err error
 		if w.cfg.Op == "wrap" {
@@ -341,13 +345,13 @@ func runBench(ctx context.Context, cfg benchConfig) (*benchResult, error) {
 	workers := make([]*benchWorker, cfg.Concurrency)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &benchWorker{client: newClient(cfg.Socket, 1), cfg: &cfg, path: path, body: body,
+		w := &benchWorker{raw: newRawConn(cfg.Socket, path, body), cfg: &cfg, path: path, body: body,
 			hist: new(histogram), errs: map[string]uint64{}}
 		workers[i] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer w.client.Close()
+			defer w.raw.close()
 			w.run(wctx, &phase, func(err error) { cancel(err) })
 		}()
 	}

@@ -118,6 +118,8 @@ type Node struct {
 
 	fsm    *fsm
 	closed chan struct{} // closed by Close
+	// nudge asks nudgeLoop for a barrier entry (forward.go).
+	nudge chan struct{}
 	// readTerm is the last term in which this node, as leader, committed a
 	// barrier, so that its commit index is current for reads (readIndex).
 	readTerm atomic.Uint64
@@ -165,7 +167,7 @@ func Open(cfg Config) (*Node, error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = cfg.Logger.Named("raft")
-	n := &Node{cfg: cfg, log: cfg.Logger, store: store, snaps: snaps, closed: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger, store: store, snaps: snaps, closed: make(chan struct{}), nudge: make(chan struct{}, 1)}
 
 	var addr raft.ServerAddress
 	bootstrap := true
@@ -215,6 +217,7 @@ func Open(cfg Config) (*Node, error) {
 	if n.mux != nil {
 		// Only now: admission asks raft who the members are.
 		go n.sweepLoop()
+		go n.nudgeLoop()
 		n.mux.start()
 	}
 	has, err := raft.HasExistingState(store, store, snaps)
@@ -373,6 +376,31 @@ type fsm struct {
 	started atomic.Bool
 	// offline: cofferd recover's replay (its snapshot stays local).
 	offline bool
+	// notify is closed (and replaced) when applied moves, so that
+	// waitApplied sleeps until then instead of polling.
+	notifyMu sync.Mutex
+	notify   chan struct{}
+}
+
+// appliedCh returns a channel closed at the next change of applied. Take it
+// before reading applied, so that no change is missed.
+func (f *fsm) appliedCh() <-chan struct{} {
+	f.notifyMu.Lock()
+	defer f.notifyMu.Unlock()
+	if f.notify == nil {
+		f.notify = make(chan struct{})
+	}
+	return f.notify
+}
+
+func (f *fsm) setApplied(index uint64) {
+	f.applied.Store(index)
+	f.notifyMu.Lock()
+	if f.notify != nil {
+		close(f.notify)
+		f.notify = nil
+	}
+	f.notifyMu.Unlock()
 }
 
 // RemoteRestorer is implemented by a StateMachine that checks snapshots
@@ -382,7 +410,7 @@ type RemoteRestorer interface {
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
-	defer f.applied.Store(l.Index)
+	defer f.setApplied(l.Index)
 	if l.Type != raft.LogCommand {
 		return nil
 	}
@@ -415,7 +443,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	// raft restores from the newest snapshot in the store (at start, on
 	// InstallSnapshot and on a user restore alike): that is the index now.
 	if list, err := f.snaps.List(); err == nil && len(list) > 0 {
-		f.applied.Store(list[0].Index)
+		f.setApplied(list[0].Index)
 	}
 	return nil
 }

@@ -86,18 +86,41 @@ func (n *Node) Sync(ctx context.Context) error {
 // every entry reaches the FSM (no-ops, configuration changes), so the
 // target for the FSM is the last command at or before index.
 func (n *Node) waitApplied(ctx context.Context, index uint64) error {
-	for n.raft.AppliedIndex() < index {
-		if !sleepCtx(ctx, 2*time.Millisecond) {
+	// The FSM signals each apply (fsm.appliedCh): a forwarded write's
+	// answer waits for its own apply, not for the next poll. Entries that
+	// never reach the FSM (no-ops, configuration) are caught by the timer.
+	t := time.NewTimer(2 * time.Millisecond)
+	defer t.Stop()
+	wait := func(ch <-chan struct{}) error {
+		t.Reset(2 * time.Millisecond)
+		select {
+		case <-ch:
+			return nil
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
 			return fmt.Errorf("%w: this node did not catch up with the leader in time", ErrNoLeader)
+		}
+	}
+	for {
+		ch := n.fsm.appliedCh()
+		if n.raft.AppliedIndex() >= index {
+			break
+		}
+		if err := wait(ch); err != nil {
+			return err
 		}
 	}
 	target := n.lastCommandAtOrBefore(index)
-	for n.fsm.applied.Load() < target {
-		if !sleepCtx(ctx, time.Millisecond) {
-			return fmt.Errorf("%w: this node did not catch up with the leader in time", ErrNoLeader)
+	for {
+		ch := n.fsm.appliedCh()
+		if n.fsm.applied.Load() >= target {
+			return nil
+		}
+		if err := wait(ch); err != nil {
+			return err
 		}
 	}
-	return nil
 }
 
 // lastCommandAtOrBefore finds the newest command entry at or before index

@@ -123,6 +123,31 @@ type aeadCache struct {
 	v    int
 	aead cipher.AEAD
 	more map[int]cipher.AEAD
+	// left is how many more ciphertexts the call will format (a hint);
+	// scratch holds one sealed item at a time and out the formatted
+	// ciphertexts: the items of a batch share a few allocations instead
+	// of two each. Neither is secret (nonce, ciphertext, tag).
+	left    int
+	scratch []byte
+	out     []byte
+}
+
+// format is FormatCiphertext into c.out. A returned string's bytes are
+// never written again (later ones are appended after them, or to a new
+// chunk), so it may share c.out's memory.
+func (c *aeadCache) format(v int, raw []byte) string {
+	n := len(CiphertextPrefix) + 11 + base64.StdEncoding.EncodedLen(len(raw))
+	if cap(c.out)-len(c.out) < n {
+		c.out = make([]byte, 0, n*min(max(c.left, 1), 64))
+	}
+	start := len(c.out)
+	c.out = append(c.out, CiphertextPrefix...)
+	c.out = strconv.AppendInt(c.out, int64(v), 10)
+	c.out = append(c.out, ':')
+	c.out = base64.StdEncoding.AppendEncode(c.out, raw)
+	c.left--
+	b := c.out[start:len(c.out):len(c.out)]
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 func (c *aeadCache) get(v int) (cipher.AEAD, error) {
@@ -156,7 +181,10 @@ func (ks *Keystore) sealData(c *aeadCache, v int, pt, aad []byte) (string, error
 		return "", err
 	}
 	ns := a.NonceSize()
-	raw := make([]byte, ns, ns+len(pt)+a.Overhead())
+	if need := ns + len(pt) + a.Overhead(); cap(c.scratch) < need {
+		c.scratch = make([]byte, 0, need)
+	}
+	raw := c.scratch[:ns]
 	if _, err := io.ReadFull(ks.cfg.Rand, raw); err != nil {
 		return "", fmt.Errorf("reading randomness: %w", err)
 	}
@@ -164,7 +192,7 @@ func (ks *Keystore) sealData(c *aeadCache, v int, pt, aad []byte) (string, error
 		ctr.Add(1) // the nonce budget of a 96-bit-nonce version (nonce.go)
 	}
 	raw = a.Seal(raw, raw[:ns], pt, aad)
-	return FormatCiphertext(v, raw), nil
+	return c.format(v, raw), nil
 }
 
 func (ks *Keystore) openData(c *aeadCache, name, ct string, aad []byte) ([]byte, int, error) {
@@ -202,7 +230,7 @@ func (ks *Keystore) Wrap(name string, items []Item) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := aeadCache{k: k}
+	c := aeadCache{k: k, left: len(items)}
 	v := k.latest()
 	out := make([]Result, len(items))
 	for i := range items {
@@ -247,7 +275,7 @@ func (ks *Keystore) Rewrap(name string, items []Item) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := aeadCache{k: k}
+	c := aeadCache{k: k, left: len(items)}
 	v := k.latest()
 	out := make([]Result, len(items))
 	for i := range items {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -146,6 +147,11 @@ type Writer struct {
 	fileSize int64  // bytes in f known good: synced + len(unsynced)
 	pending  []byte // encoded, not yet written
 	npending int    // entries in pending
+
+	// writes counts write(2) calls; groupedAt is the last that carried
+	// more than one entry (appendLocked).
+	writes, groupedAt uint64
+
 	spare    []byte // a recycled buffer for pending
 	unsynced []byte // written to f since its last fsync
 	retry    []byte // lines not (or no longer) in f, to write first
@@ -334,6 +340,9 @@ func (w *Writer) Append(e *Entry) error {
 	return w.syncTo(target)
 }
 
+// maxGroup bounds the entries an appender waits to share a write with.
+const maxGroup = 256
+
 // appendLocked encodes e and returns once it is written (or its write
 // failed). Called and returns with mu held.
 func (w *Writer) appendLocked(e *Entry) error {
@@ -342,6 +351,7 @@ func (w *Writer) appendLocked(e *Entry) error {
 	w.npending++
 	w.encoded += int64(len(w.pending) - before)
 	end := w.encoded
+	yielded := false
 	for w.written < end {
 		if w.failure != nil {
 			// The write that held this entry failed; the entry waits in
@@ -350,6 +360,20 @@ func (w *Writer) appendLocked(e *Entry) error {
 		}
 		if w.writing {
 			w.idle.Wait()
+			continue
+		}
+		if !yielded && w.npending < maxGroup && w.groupedAt > 0 && w.writes-w.groupedAt <= 64 {
+			// Appends are concurrent (one of the last 64 writes carried
+			// several entries): let the requests that are ready to run
+			// append their entries first, so that one write(2) carries
+			// them all; most appenders then find their entry written by
+			// another (0.14 audit writes per request instead of 0.95 at
+			// concurrency 32, docs/benchmarks.md). A lone client's
+			// appends never group, so it never waits for a yield.
+			yielded = true
+			w.mu.Unlock()
+			runtime.Gosched()
+			w.mu.Lock()
 			continue
 		}
 		w.writeLocked()
@@ -384,6 +408,10 @@ func (w *Writer) writeLocked() {
 		w.unsynced = append(w.unsynced, buf...)
 		w.wSeq, w.wHash = seq, hash
 		w.entries.Add(uint64(n))
+		w.writes++
+		if n > 1 {
+			w.groupedAt = w.writes
+		}
 		w.publishLocked()
 	}
 	w.spare = buf[:0]
