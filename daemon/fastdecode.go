@@ -208,66 +208,74 @@ func (s *scanner) b64(a *arena) ([]byte, bool) {
 	return a.b[start : start+n : start+n], true
 }
 
+// once marks field bit in seen and reports whether it was unmarked: a
+// duplicate field is left to encoding/json, which decides what it means.
+func once(seen *uint8, bit uint8) bool {
+	if *seen&bit != 0 {
+		return false
+	}
+	*seen |= bit
+	return true
+}
+
+// array calls elem for each element of an array; elem returns false to
+// give up.
+func (s *scanner) array(elem func() bool) bool {
+	if !s.lit('[') {
+		return false
+	}
+	if s.lit(']') {
+		return true
+	}
+	for {
+		if !elem() {
+			return false
+		}
+		if s.lit(',') {
+			continue
+		}
+		return s.lit(']')
+	}
+}
+
+// wrapField decodes a wrap body's or batch item's field; anything else is
+// left to encoding/json.
+func (s *scanner) wrapField(a *arena, name []byte, seen *uint8, plaintext, aad *[]byte) (ok bool) {
+	switch string(name) {
+	case "plaintext":
+		if once(seen, 1) {
+			*plaintext, ok = s.b64(a)
+		}
+	case "aad":
+		if once(seen, 2) {
+			*aad, ok = s.b64(a)
+		}
+	}
+	return ok
+}
+
 func parseWrap(body []byte, out *api.WrapRequest) bool {
 	s := scanner{b: body}
 	a := newArena(body)
 	var req api.WrapRequest
 	var seen uint8
 	ok := s.object(func(name []byte) bool {
-		var ok bool
-		switch string(name) {
-		case "plaintext":
-			if seen&1 != 0 {
-				return false
-			}
-			seen |= 1
-			req.Plaintext, ok = s.b64(a)
-		case "aad":
-			if seen&2 != 0 {
-				return false
-			}
-			seen |= 2
-			req.AAD, ok = s.b64(a)
-		case "batch":
-			if seen&4 != 0 || !s.lit('[') {
-				return false
-			}
-			seen |= 4
-			req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
-			if s.lit(']') {
-				return true
-			}
-			for {
-				var it api.WrapItem
-				var iseen uint8
-				if !s.object(func(name []byte) bool {
-					var ok bool
-					switch string(name) {
-					case "plaintext":
-						if iseen&1 != 0 {
-							return false
-						}
-						iseen |= 1
-						it.Plaintext, ok = s.b64(a)
-					case "aad":
-						if iseen&2 != 0 {
-							return false
-						}
-						iseen |= 2
-						it.AAD, ok = s.b64(a)
-					}
-					return ok
-				}) {
-					return false
-				}
-				req.Batch = append(req.Batch, it)
-				if s.lit(',') {
-					continue
-				}
-				return s.lit(']')
-			}
+		if string(name) != "batch" {
+			return s.wrapField(a, name, &seen, &req.Plaintext, &req.AAD)
 		}
-		return ok
+		if !once(&seen, 4) {
+			return false
+		}
+		req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
+		return s.array(func() bool {
+			var it api.WrapItem
+			var iseen uint8
+			if !s.object(func(name []byte) bool { return s.wrapField(a, name, &iseen, &it.Plaintext, &it.AAD) }) {
+				return false
+			}
+			req.Batch = append(req.Batch, it)
+			return true
+		})
 	})
 	if !ok || !s.end() {
 		clear(a.b[:cap(a.b)])
@@ -277,70 +285,45 @@ func parseWrap(body []byte, out *api.WrapRequest) bool {
 	return true
 }
 
+// ciphertextField decodes an unwrap/rewrap body's or batch item's field.
+func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext *string, aad *[]byte) (ok bool) {
+	switch string(name) {
+	case "ciphertext":
+		if once(seen, 1) {
+			var v []byte
+			v, ok = s.str()
+			*ciphertext = string(v)
+		}
+	case "aad":
+		if once(seen, 2) {
+			*aad, ok = s.b64(a)
+		}
+	}
+	return ok
+}
+
 func parseCiphertext(body []byte, out *api.CiphertextRequest) bool {
 	s := scanner{b: body}
 	a := newArena(body)
 	var req api.CiphertextRequest
 	var seen uint8
 	ok := s.object(func(name []byte) bool {
-		var ok bool
-		switch string(name) {
-		case "ciphertext":
-			if seen&1 != 0 {
-				return false
-			}
-			seen |= 1
-			var v []byte
-			v, ok = s.str()
-			req.Ciphertext = string(v)
-		case "aad":
-			if seen&2 != 0 {
-				return false
-			}
-			seen |= 2
-			req.AAD, ok = s.b64(a)
-		case "batch":
-			if seen&4 != 0 || !s.lit('[') {
-				return false
-			}
-			seen |= 4
-			req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
-			if s.lit(']') {
-				return true
-			}
-			for {
-				var it api.CiphertextItem
-				var iseen uint8
-				if !s.object(func(name []byte) bool {
-					var ok bool
-					switch string(name) {
-					case "ciphertext":
-						if iseen&1 != 0 {
-							return false
-						}
-						iseen |= 1
-						var v []byte
-						v, ok = s.str()
-						it.Ciphertext = string(v)
-					case "aad":
-						if iseen&2 != 0 {
-							return false
-						}
-						iseen |= 2
-						it.AAD, ok = s.b64(a)
-					}
-					return ok
-				}) {
-					return false
-				}
-				req.Batch = append(req.Batch, it)
-				if s.lit(',') {
-					continue
-				}
-				return s.lit(']')
-			}
+		if string(name) != "batch" {
+			return s.ciphertextField(a, name, &seen, &req.Ciphertext, &req.AAD)
 		}
-		return ok
+		if !once(&seen, 4) {
+			return false
+		}
+		req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
+		return s.array(func() bool {
+			var it api.CiphertextItem
+			var iseen uint8
+			if !s.object(func(name []byte) bool { return s.ciphertextField(a, name, &iseen, &it.Ciphertext, &it.AAD) }) {
+				return false
+			}
+			req.Batch = append(req.Batch, it)
+			return true
+		})
 	})
 	if !ok || !s.end() {
 		return false
@@ -394,24 +377,21 @@ func parseDataKey(body []byte, out *api.DataKeyRequest) bool {
 		var ok bool
 		switch string(name) {
 		case "bytes":
-			if seen&1 != 0 {
+			if !once(&seen, 1) {
 				return false
 			}
-			seen |= 1
 			var n int
 			n, ok = s.num()
 			req.Bytes = &n
 		case "aad":
-			if seen&2 != 0 {
+			if !once(&seen, 2) {
 				return false
 			}
-			seen |= 2
 			req.AAD, ok = s.b64(a)
 		case "include_plaintext":
-			if seen&4 != 0 {
+			if !once(&seen, 4) {
 				return false
 			}
-			seen |= 4
 			var b bool
 			b, ok = s.boolean()
 			req.IncludePlaintext = &b
