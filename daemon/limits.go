@@ -152,7 +152,7 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if !ok {
 			return c, nil // not a unix socket: no identity, open endpoints only
 		}
-		uid, err := peerUID(uc)
+		uid, err := auth.PeerUID(uc)
 		if err != nil {
 			c.Close() // the peer is gone
 			continue
@@ -166,27 +166,6 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		}
 		return &limitedConn{UnixConn: uc, lim: ll.lim, uid: uid, over: over}, nil
 	}
-}
-
-// peerUID reads the peer's uid with one SO_PEERCRED getsockopt.
-func peerUID(uc *net.UnixConn) (uint32, error) {
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var (
-		cred    *unix.Ucred
-		credErr error
-	)
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if credErr != nil {
-		return 0, credErr
-	}
-	return cred.Uid, nil
 }
 
 // limitedConn is a counted connection; Close releases its count once.

@@ -427,3 +427,25 @@ func (nc *nameCache) timeout() time.Duration {
 	}
 	return lookupTimeout
 }
+
+// PeerUID reads a unix-socket peer's uid with one SO_PEERCRED getsockopt:
+// all that connection caps need at accept, before the full identity.
+func PeerUID(uc *net.UnixConn) (uint32, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		cred    *unix.Ucred
+		credErr error
+	)
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, credErr
+	}
+	return cred.Uid, nil
+}

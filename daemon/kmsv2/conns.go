@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
+
+	"github.com/coffer-kms/coffer/daemon/auth"
 )
 
 // MaxConnsPerUID bounds the connections one uid keeps open on the socket.
@@ -41,7 +42,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if !ok {
 			return c, nil
 		}
-		uid, err := peerUID(uc)
+		uid, err := auth.PeerUID(uc)
 		if err != nil {
 			c.Close() // the peer is gone
 			continue
@@ -85,24 +86,4 @@ func (c *capConn) Close() error {
 		c.l.mu.Unlock()
 	})
 	return err
-}
-
-func peerUID(uc *net.UnixConn) (uint32, error) {
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var (
-		cred    *unix.Ucred
-		credErr error
-	)
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if credErr != nil {
-		return 0, credErr
-	}
-	return cred.Uid, nil
 }
