@@ -15,7 +15,7 @@ FUZZTIME   ?= 5s
 # systemd-nspawn, debootstrap and pgrep to boot a real systemd for the
 # unit's end-to-end test).
 APT_PKGS   := gcc libc6-dev softhsm2 opensc swtpm swtpm-tools tpm2-tools curl \
-              systemd systemd-container debootstrap procps man-db groff-base
+              systemd systemd-container debootstrap procps man-db groff-base python3
 
 # Install layout: `make install DESTDIR=/tmp/stage PREFIX=/usr`. PREFIX
 # defaults to /usr/local for a hand install; packages use /usr. systemd
