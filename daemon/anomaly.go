@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -82,14 +81,9 @@ func newAnomaly(rules []config.AlertRule, now func() time.Time) *anomaly {
 	return a
 }
 
-// observe counts one request and returns the rules it made fire.
+// observe counts one request and returns the rules it made fire; unit is
+// the caller's accountableUnit.
 func (a *anomaly) observe(uid int64, unit, op, outcome string) []alert {
-	if strings.HasPrefix(unit, "user:") {
-		// A unit of a per-user manager (callerUnit) is named by the user,
-		// who could start one per request to stay under every threshold:
-		// it counts as its uid, as in audit coalescing.
-		unit = ""
-	}
 	var out []alert
 	for i := range a.rules {
 		r := &a.rules[i]

@@ -71,13 +71,7 @@ func newCoalescer(now func() time.Time) *coalescer {
 func (c *coalescer) suppress(caller *auth.Caller, id, op, outcome, code string) (coalesced bool, done []*audit.Entry) {
 	k := coalesceKey{uid: -1}
 	if caller != nil {
-		k = coalesceKey{uid: int64(caller.UID)}
-		// A system unit is the administrator's: its own caller. A unit of a
-		// per-user manager is named by the user, who could start one per
-		// request to escape coalescing: those count as their uid.
-		if !caller.UserUnit {
-			k.unit = caller.Unit
-		}
+		k = coalesceKey{uid: int64(caller.UID), unit: accountableUnit(caller)}
 	}
 	sec := c.now().Unix()
 	c.mu.Lock()

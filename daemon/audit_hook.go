@@ -290,7 +290,7 @@ func (s *Server) finishRequest(rc *reqCtx, status int) error {
 	}
 	uid, unit := int64(-1), ""
 	if c := rc.caller; c != nil {
-		uid, unit = int64(c.UID), callerUnit(c)
+		uid, unit = int64(c.UID), accountableUnit(c)
 	}
 	if outcome == audit.OutcomeDenied {
 		u := "none"
@@ -324,6 +324,19 @@ func callerString(c *auth.Caller) string {
 func callerUnit(c *auth.Caller) string {
 	if c.Unit != "" && c.UserUnit {
 		return "user:" + c.Unit
+	}
+	return c.Unit
+}
+
+// accountableUnit is the unit that per-caller bounds and counters key on
+// (audit coalescing, alert rules, the denied-requests metric): a system
+// unit is the administrator's and its own caller; a unit of a per-user
+// manager is named by the user, who could start one per request to stay
+// under every threshold or use up the metric's label sets, so it counts as
+// its uid ("").
+func accountableUnit(c *auth.Caller) string {
+	if c.UserUnit {
+		return ""
 	}
 	return c.Unit
 }

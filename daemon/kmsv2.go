@@ -183,7 +183,7 @@ func (b kmsBackend) record(r *kmsv2.Record, detail map[string]string) error {
 	a.m.observe(r.Op, outcome, time.Since(r.Start))
 	uid, unit := int64(-1), ""
 	if c := r.Caller; c != nil {
-		uid, unit = int64(c.UID), callerUnit(c)
+		uid, unit = int64(c.UID), accountableUnit(c)
 	}
 	if outcome == audit.OutcomeDenied {
 		u := "none"
