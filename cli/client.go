@@ -1,10 +1,7 @@
 package cli
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 
 	"github.com/coffer-kms/coffer/api"
@@ -32,44 +29,11 @@ func newClient(socketPath string, maxConns int) *Client {
 	return client.NewWithOptions(socketPath, client.Options{MaxConns: maxConns, Retry: &client.NoRetry})
 }
 
-// decodeAnswer decodes a 2xx JSON body into out.
-func decodeAnswer(resp *http.Response, method, path string, data []byte, out any) error {
-	fail := func(format string, args ...any) error {
-		return &api.Error{Status: resp.StatusCode, Code: api.CodeInternal,
-			Message: fmt.Sprintf(format, args...), RequestID: resp.Header.Get(api.HeaderRequestID)}
-	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		return fail("cofferd answered %s %s with an empty body where JSON was expected", method, path)
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fail("cannot read cofferd's answer to %s %s: %v; are coffer and cofferd the same version?", method, path, err)
-	}
-	return nil
-}
+// decodeAnswer: client.DecodeAnswer.
+var decodeAnswer = client.DecodeAnswer
 
 // readAllSecret: client.ReadAllSecret (zeroes what it outgrows).
 var readAllSecret = client.ReadAllSecret
-
-// unsealBody encodes {"share": share} without making a string copy of the
-// share (json.Marshal would, and strings cannot be zeroed).
-func unsealBody(share []byte) []byte {
-	const hex = "0123456789abcdef"
-	b := make([]byte, 0, len(share)+16)
-	b = append(b, `{"share":"`...)
-	for _, ch := range share {
-		switch {
-		case ch == '"' || ch == '\\':
-			b = append(b, '\\', ch)
-		case ch < 0x20 || ch == 0x7f:
-			b = append(b, '\\', 'u', '0', '0', hex[ch>>4], hex[ch&0xf])
-		default:
-			// Bytes >= 0x80 pass through: valid UTF-8 stays valid, and
-			// cofferd refuses anything else as a bad share.
-			b = append(b, ch)
-		}
-	}
-	return append(b, `"}`...)
-}
 
 func checkBatchLen(got, want int) error {
 	if got != want {

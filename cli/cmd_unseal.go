@@ -185,7 +185,7 @@ func (x *cmd) postUnseal(body []byte) (*api.Status, []byte, error) {
 }
 
 func (x *cmd) submit(o *unsealOutcome, share []byte) error {
-	body := unsealBody(share)
+	body := api.UnsealBody(share)
 	defer clear(body)
 	st, raw, err := x.postUnseal(body)
 	if err != nil {

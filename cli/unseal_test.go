@@ -304,7 +304,7 @@ func TestUnseal_Identity(t *testing.T) {
 func TestUnsealBody(t *testing.T) {
 	for _, share := range []string{"coffer-share-1-abc", `q"uo\te`, "ctl\x01\n", "ünï"} {
 		var req api.UnsealRequest
-		if err := json.Unmarshal(unsealBody([]byte(share)), &req); err != nil || req.Share != share {
+		if err := json.Unmarshal(api.UnsealBody([]byte(share)), &req); err != nil || req.Share != share {
 			t.Fatalf("%q: got %q, %v", share, req.Share, err)
 		}
 	}

@@ -172,14 +172,17 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) (*h
 	if out == nil {
 		return resp, nil
 	}
-	if err := decodeAnswer(resp, method, path, data, out); err != nil {
+	if err := DecodeAnswer(resp, method, path, data, out); err != nil {
 		return resp, err
 	}
 	return resp, nil
 }
 
-// decodeAnswer decodes a 2xx JSON body into out.
-func decodeAnswer(resp *http.Response, method, path string, data []byte, out any) error {
+// DecodeAnswer decodes a 2xx JSON body into out: the raw body Do returns
+// with out = *[]byte, for a caller that keeps the bytes too (the CLI prints
+// them with --format json). An empty or undecodable body is an *APIError
+// with code internal naming the request.
+func DecodeAnswer(resp *http.Response, method, path string, data []byte, out any) error {
 	fail := func(format string, args ...any) error {
 		return &APIError{Status: resp.StatusCode, Code: api.CodeInternal,
 			Message: fmt.Sprintf(format, args...), RequestID: resp.Header.Get(api.HeaderRequestID)}
@@ -354,7 +357,7 @@ func (c *Client) Health(ctx context.Context) (*api.Status, error) {
 		return nil, c.decodeError(resp, data)
 	}
 	var st api.Status
-	if err := decodeAnswer(resp, http.MethodGet, api.PathHealth, data, &st); err != nil {
+	if err := DecodeAnswer(resp, http.MethodGet, api.PathHealth, data, &st); err != nil {
 		return nil, err
 	}
 	if ok {
@@ -381,34 +384,13 @@ func (c *Client) Init(ctx context.Context, req api.InitRequest) (*api.InitRespon
 // after it. The request body is built in a buffer that is zeroed afterwards;
 // share itself stays the caller's to zero.
 func (c *Client) Unseal(ctx context.Context, share []byte) (*api.Status, error) {
-	body := unsealBody(share)
+	body := api.UnsealBody(share)
 	defer clear(body)
 	var st api.Status
 	if _, err := c.Do(ctx, http.MethodPost, api.PathUnseal, body, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
-}
-
-// unsealBody encodes {"share": share} without making a string copy of the
-// share (json.Marshal would, and strings cannot be zeroed).
-func unsealBody(share []byte) []byte {
-	const hex = "0123456789abcdef"
-	b := make([]byte, 0, len(share)+16)
-	b = append(b, `{"share":"`...)
-	for _, ch := range share {
-		switch {
-		case ch == '"' || ch == '\\':
-			b = append(b, '\\', ch)
-		case ch < 0x20 || ch == 0x7f:
-			b = append(b, '\\', 'u', '0', '0', hex[ch>>4], hex[ch&0xf])
-		default:
-			// Bytes >= 0x80 pass through: valid UTF-8 stays valid, and
-			// cofferd refuses anything else as a bad share.
-			b = append(b, ch)
-		}
-	}
-	return append(b, `"}`...)
 }
 
 // UnsealReset discards the shares submitted so far (POST /v1/sys/unseal
