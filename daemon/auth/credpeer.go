@@ -129,46 +129,15 @@ func IdentifyCredentialPeer(c net.Conn) (*CredentialPeer, error) {
 	if !ok {
 		return nil, fmt.Errorf("credential peer needs a unix socket connection, got %T", c)
 	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
 	var (
-		cred    *unix.Ucred
-		credErr error
 		addr    string
 		addrErr error
-		pidfd   = -1
-		gone    bool
 	)
-	err = raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credErr != nil {
-			return
-		}
-		addr, addrErr = peerAddress(int(fd))
-		if !credPeerPIDFD {
-			return
-		}
-		pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD)
-		switch {
-		case err == nil:
-			pidfd = pfd
-		case errors.Is(err, unix.ENOPROTOOPT):
-			// Before 6.5: pidfd_open below.
-		default:
-			gone = true
-		}
-	})
-	if err == nil {
-		err = credErr
-	}
+	pc, err := readPeerCred(uc, credPeerPIDFD, func(fd int) { addr, addrErr = peerAddress(fd) })
 	if err != nil {
-		if pidfd >= 0 {
-			unix.Close(pidfd)
-		}
 		return nil, fmt.Errorf("cannot read the peer's credentials (SO_PEERCRED): %w", err)
 	}
+	cred, pidfd, gone := pc.cred, pc.pidfd, pc.gone
 	p := &CredentialPeer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}
 	if addrErr == nil {
 		p.Address = addr

@@ -76,42 +76,11 @@ func CallerFromConn(c net.Conn) (*Caller, error) {
 	if !ok {
 		return nil, fmt.Errorf("caller identity needs a unix socket connection, got %T", c)
 	}
-	raw, err := uc.SyscallConn()
+	pc, err := readPeerCred(uc, true, nil)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read the caller's credentials: %w", err)
-	}
-	var (
-		cred     *unix.Ucred
-		credErr  error
-		pidfd    = -1
-		peerGone bool
-	)
-	err = raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credErr != nil {
-			return
-		}
-		pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD)
-		switch {
-		case err == nil:
-			pidfd = pfd
-		case errors.Is(err, unix.ENOPROTOOPT):
-			// Kernel before 6.5: fall back to reading /proc by pid.
-		default:
-			// The kernel knows SO_PEERPIDFD but has no process for the
-			// peer (it exited and was reaped): its pid may be reused.
-			peerGone = true
-		}
-	})
-	if err == nil {
-		err = credErr
-	}
-	if err != nil {
-		if pidfd >= 0 {
-			unix.Close(pidfd)
-		}
 		return nil, fmt.Errorf("cannot read the caller's credentials (SO_PEERCRED): %w", err)
 	}
+	cred, pidfd, peerGone := pc.cred, pc.pidfd, pc.gone
 
 	caller := &Caller{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}
 	var (
@@ -448,4 +417,58 @@ func PeerUID(uc *net.UnixConn) (uint32, error) {
 		return 0, credErr
 	}
 	return cred.Uid, nil
+}
+
+// peerCred is what the kernel says about a unix-socket peer.
+type peerCred struct {
+	cred *unix.Ucred
+	// pidfd is the peer's SO_PEERPIDFD, or -1 (kernel before 6.5, or not
+	// asked); the caller closes it.
+	pidfd int
+	// gone: the kernel knows SO_PEERPIDFD but has no process for the peer
+	// (it exited and was reaped): its pid may name another process now.
+	gone bool
+}
+
+// readPeerCred reads SO_PEERCRED and, with usePIDFD, SO_PEERPIDFD in one
+// Control call on the socket; extra, if set, runs in the same call with the
+// socket's fd (after the credentials were read).
+func readPeerCred(uc *net.UnixConn, usePIDFD bool, extra func(fd int)) (peerCred, error) {
+	pc := peerCred{pidfd: -1}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return pc, err
+	}
+	var credErr error
+	err = raw.Control(func(fd uintptr) {
+		pc.cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if credErr != nil {
+			return
+		}
+		if extra != nil {
+			extra(int(fd))
+		}
+		if !usePIDFD {
+			return
+		}
+		pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD)
+		switch {
+		case err == nil:
+			pc.pidfd = pfd
+		case errors.Is(err, unix.ENOPROTOOPT):
+			// Kernel before 6.5: the caller falls back to the pid.
+		default:
+			pc.gone = true
+		}
+	})
+	if err == nil {
+		err = credErr
+	}
+	if err != nil {
+		if pc.pidfd >= 0 {
+			unix.Close(pc.pidfd)
+		}
+		return peerCred{pidfd: -1}, err
+	}
+	return pc, nil
 }
