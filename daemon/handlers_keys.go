@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/daemon/auth"
@@ -101,14 +102,20 @@ func (s *Server) handleRotateKey(rc *reqCtx) error {
 	return nil
 }
 
-func (s *Server) handleDeleteKey(rc *reqCtx) error {
+// pendingWindow reads a deletion's ?pending_window= (the only query
+// parameter a DELETE of a key or secret takes).
+func pendingWindow(rc *reqCtx) (time.Duration, error) {
 	q := rc.r.URL.Query()
 	for p := range q {
 		if p != "pending_window" {
-			return badRequest("unknown query parameter %q: only pending_window is accepted", truncate(p))
+			return 0, badRequest("unknown query parameter %q: only pending_window is accepted", truncate(p))
 		}
 	}
-	window, err := keystore.ParsePendingWindow(q.Get("pending_window"))
+	return keystore.ParsePendingWindow(q.Get("pending_window"))
+}
+
+func (s *Server) handleDeleteKey(rc *reqCtx) error {
+	window, err := pendingWindow(rc)
 	if err != nil {
 		return err
 	}

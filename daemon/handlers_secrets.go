@@ -193,13 +193,7 @@ func (s *Server) handleDestroySecret(rc *reqCtx) error {
 }
 
 func (s *Server) handleDeleteSecret(rc *reqCtx) error {
-	q := rc.r.URL.Query()
-	for p := range q {
-		if p != "pending_window" {
-			return badRequest("unknown query parameter %q: only pending_window is accepted", truncate(p))
-		}
-	}
-	window, err := keystore.ParsePendingWindow(q.Get("pending_window"))
+	window, err := pendingWindow(rc)
 	if err != nil {
 		return err
 	}
