@@ -154,13 +154,26 @@ coffer secret get db-password --version 2 --out ./old-password`, 1, 1, func(x *c
 		}
 		var out api.SecretValue
 		defer func() { clear(out.Value) }()
-		return x.request(http.MethodGet, path, nil, &out, func() error {
-			if file := x.c.String("out"); file != "" {
-				return writeSecretFile(file, out.Value)
-			}
-			_, err := x.stdout.Write(out.Value)
+		file := x.c.String("out")
+		if file == "" {
+			return x.request(http.MethodGet, path, nil, &out, func() error {
+				_, err := x.stdout.Write(out.Value)
+				return err
+			})
+		}
+		// With --out the value goes only to the file, whatever the output
+		// format: --format json (or COFFER_FORMAT=json) must not print the
+		// API answer, which holds the value, instead.
+		if _, err := x.client.Do(x.ctx, http.MethodGet, path, nil, &out); err != nil {
 			return err
-		})
+		}
+		if err := writeSecretFile(file, out.Value); err != nil {
+			return err
+		}
+		if x.json {
+			return x.printValue(map[string]any{"name": out.Name, "version": out.Version, "out": file})
+		}
+		return nil
 	})
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -41,6 +42,13 @@ func TestE2E_Secrets(t *testing.T) {
 	fi, err := os.Stat(out)
 	if b, _ := os.ReadFile(out); err != nil || string(b) != "second" || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("--out file: %v %q %v", err, b, fi.Mode())
+	}
+	// With --format json the value still goes only to the file: stdout
+	// gets name and version, never the API answer that holds the value.
+	outJSON := filepath.Join(t.TempDir(), "out-json")
+	got := d.mustCoffer("", "--format", "json", "secret", "get", "billing-db", "--out", outJSON)
+	if b, _ := os.ReadFile(outJSON); string(b) != "second" || strings.Contains(got, base64.StdEncoding.EncodeToString([]byte("second"))) || !strings.Contains(got, `"version": 2`) {
+		t.Fatalf("--format json --out: file %q, stdout %q", b, got)
 	}
 	d.mustCoffer("x", "secret", "put", "other-secret")
 	var m api.SecretMetadata
