@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +48,7 @@ pg_dump billing | coffer encrypt --key backups --out billing.sql.cfe`, 0, 1, fun
 			if err != nil {
 				return err
 			}
-			if err := copySecret(w, src); err != nil {
+			if err := copySecret(x.ctx, w, src); err != nil {
 				w.Close()
 				return fmt.Errorf("encrypt %s: %w", name, err)
 			}
@@ -83,7 +84,7 @@ ssh vault cat billing.sql.cfe | coffer decrypt | psql billing   # with set -o pi
 				return fmt.Errorf("decrypt %s: %w", name, err)
 			}
 			defer r.Close()
-			if err := copySecret(dst, r); err != nil {
+			if err := copySecret(x.ctx, dst, r); err != nil {
 				return fmt.Errorf("decrypt %s: %w", name, err)
 			}
 			return nil
@@ -154,10 +155,17 @@ func writeFileAtomic(path string, write func(io.Writer) error) (err error) {
 
 // copySecret copies src to dst through one buffer of its own, zeroed at
 // the end (io.Copy may use pooled buffers that keep plaintext around).
-func copySecret(dst io.Writer, src io.Reader) error {
+//
+// It stops at ctx's end between chunks: coffer's first SIGINT/SIGTERM only
+// cancels ctx, and the callers' cleanup (the temporary --out file holding
+// plaintext) must run then, not be skipped by the second signal's kill.
+func copySecret(ctx context.Context, dst io.Writer, src io.Reader) error {
 	buf := make([]byte, client.EnvelopeChunkSize)
 	defer clear(buf)
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		n, err := src.Read(buf)
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
