@@ -158,10 +158,8 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 
 func (s *Server) handleTransferLeadership(rc *reqCtx) error {
 	var req api.TransferLeadershipRequest
-	if rc.r.ContentLength != 0 {
-		if err := decode(rc, &req); err != nil {
-			return err
-		}
+	if err := decodeOptional(rc, &req); err != nil {
+		return err
 	}
 	if req.ID != "" {
 		if !api.ValidNodeID(req.ID) {

@@ -379,14 +379,15 @@ func (s *Server) status(ctx context.Context) (int, error) {
 	if !b.Allowed(c, api.OpWrap, s.cfg.Key) || !b.Allowed(c, api.OpUnwrap, s.cfg.Key) {
 		return 0, s.denied(c, "wrap and unwrap")
 	}
-	if _, err := b.EnsureKey(ctx, c, s.cfg.Key); err != nil {
-		return 0, err
-	}
 	if err := b.DeviceError(); err != nil {
 		return 0, err
 	}
-	// Encrypt and Decrypt would be refused while the audit log fails.
+	// Encrypt and Decrypt would be refused while the audit log fails; and
+	// EnsureKey may create the key, a write that must be audited.
 	if err := b.Admit(); err != nil {
+		return 0, err
+	}
+	if _, err := b.EnsureKey(ctx, c, s.cfg.Key); err != nil {
 		return 0, err
 	}
 	probe := make([]byte, 32)

@@ -331,8 +331,9 @@ func (m *Manager) AddShare(encoded string) (Progress, error) {
 		// The x coordinate (first byte) identifies a share; comparing whole
 		// shares in constant time also catches an exact repeat.
 		if have[0] == share[0] || subtle.ConstantTimeCompare(have, share) == 1 {
+			x := share[0] // the share's number, not secret; read before the clear
 			clear(share)
-			return Progress{}, errorf(ErrInvalidShare, "share %d was already entered: enter a different share (progress %d of %d kept)", share[0], len(m.shares), sc.Threshold)
+			return Progress{}, errorf(ErrInvalidShare, "share %d was already entered: enter a different share (progress %d of %d kept)", x, len(m.shares), sc.Threshold)
 		}
 	}
 	if len(m.shares) > 0 && len(m.shares[0]) != len(share) {

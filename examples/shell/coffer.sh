@@ -1,6 +1,6 @@
 #!/bin/sh
 # Use Coffer from a shell script with curl over cofferd's unix socket
-# (spec/API.md). Binary fields are base64.
+# (docs/api.md). Binary fields are base64.
 #
 #   COFFER_SOCKET=/tmp/coffer.sock sh coffer.sh dev
 #
@@ -12,8 +12,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 api() { # METHOD PATH [JSON] -> prints the body; fails with the error code
-	out=$(curl -sS --unix-socket "$SOCK" -X "$1" -H 'Content-Type: application/json' \
-		${3:+--data "$3"} -w '\n%{http_code}' "http://coffer$2")
+	# The body goes through stdin (--data-binary @-), never curl's argv:
+	# arguments are visible to every user in ps and /proc/PID/cmdline.
+	out=$(printf '%s' "${3:-}" | curl -sS --unix-socket "$SOCK" -X "$1" -H 'Content-Type: application/json' \
+		${3:+--data-binary @-} -w '\n%{http_code}' "http://coffer$2")
 	status=$(printf '%s\n' "$out" | tail -n 1)
 	body=$(printf '%s\n' "$out" | sed '$d')
 	case "$status" in
