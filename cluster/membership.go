@@ -38,7 +38,9 @@ func (n *Node) rpcJoin(w http.ResponseWriter, r *http.Request) {
 	// member by naming its id.
 	p, err := peerOfRequest(r)
 	if err != nil || p.id != req.ID {
-		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: fmt.Sprintf("join as %q with a certificate for %q", req.ID, p.id)})
+		// A fixed reason: the claimed id is the peer's to vary, and the
+		// refusal rate limit keys on the reason.
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "join under a node id the certificate does not name"})
 		writeRPC(w, http.StatusForbidden, applyResponse{Error: fmt.Sprintf("a node may join only as the node its certificate names (%q), not %q", p.id, req.ID)})
 		return
 	}

@@ -55,8 +55,17 @@ func TestTrust_RefusalFloodRateLimited(t *testing.T) {
 		}
 	}
 	rpc := len(n1.refusals()) - hs
-	t.Logf("%d handshakes with distinct ALPN protocols: %d refusals reported; %d non-member RPCs to distinct paths: %d reported", flood, hs, flood, rpc)
-	if hs > 3 || rpc > 3 {
-		t.Fatalf("refusals reported (each a WARN line and an audit entry): %d for %d handshakes, %d for %d RPCs; want a few", hs, flood, rpc, flood)
+	// Join is open to a non-member: a join under a different claimed node
+	// id each time (not the certificate's) is the same refusal.
+	for i := 0; i < flood; i++ {
+		body := fmt.Appendf(nil, `{"id":"claimed-%d","address":"127.0.0.1:1"}`, i)
+		if st, out := rawRPC(t, tlsDir, "intruder", addr, "/rpc/join", body); st != http.StatusForbidden {
+			t.Fatalf("intruder join: %d %s", st, out)
+		}
+	}
+	joins := len(n1.refusals()) - hs - rpc
+	t.Logf("%d handshakes with distinct ALPN protocols: %d refusals reported; %d non-member RPCs to distinct paths: %d reported; %d joins under distinct ids: %d reported", flood, hs, flood, rpc, flood, joins)
+	if hs > 3 || rpc > 3 || joins > 3 {
+		t.Fatalf("refusals reported (each a WARN line and an audit entry): %d for %d handshakes, %d for %d RPCs, %d for %d joins; want a few", hs, flood, rpc, flood, joins, flood)
 	}
 }
