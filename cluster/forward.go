@@ -168,6 +168,11 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 		case status == http.StatusBadRequest:
 			// A bug on this side, not a cluster problem: say so.
 			return nil, fmt.Errorf("the leader refused the command: %s", out.Error)
+		case status == http.StatusForbidden:
+			// Not a missing leader (clients retry no_leader): the leader
+			// refused the command's authentication, or this node is no
+			// longer a member. Retrying cannot help.
+			return nil, fmt.Errorf("%w: the leader refused this node's write: %s", ErrForbidden, out.Error)
 		case status == http.StatusServiceUnavailable && out.Error != "":
 			// The leader's apply failed after the entry may have been
 			// appended (leadership lost): the outcome is unknown.

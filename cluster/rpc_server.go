@@ -4,12 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/coffer-kms/coffer/cluster/tlsutil"
 )
 
 // Node-to-node RPC: HTTP/1.1 over the mutual-TLS connections that the mux
@@ -76,16 +73,6 @@ func (n *Node) newRPCServer() *http.Server {
 }
 
 type peerTLSKey struct{}
-
-// peerNodeID is the node id in the verified certificate of the peer that
-// sent r.
-func peerNodeID(r *http.Request) (string, error) {
-	cs, ok := r.Context().Value(peerTLSKey{}).(tls.ConnectionState)
-	if !ok {
-		return "", errors.New("no TLS peer")
-	}
-	return tlsutil.PeerNodeID(cs)
-}
 
 func writeRPC(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -165,7 +165,7 @@ func (m *mux) handshake(c net.Conn, ip string) {
 	select {
 	case dst.ch <- conn:
 	case <-m.done:
-		tc.Close()
+		conn.Close() // conn, not tc: a tracked connection leaves the tracking set
 	}
 }
 
