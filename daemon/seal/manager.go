@@ -249,7 +249,13 @@ func (m *Manager) Init(ctx context.Context, shares, threshold int, recipients []
 			return api.InitResponse{}, err
 		}
 	}
-	if err := m.ks.Init(ctx, root, clusterID, shares, threshold); err != nil {
+	err = m.ks.Init(ctx, root, clusterID, shares, threshold)
+	if errors.Is(err, cluster.ErrOutcomeUnknown) && m.committed(ctx, root) {
+		// It committed after all: the shares are the only way back in,
+		// so they must be answered, not dropped with the error.
+		err = m.ks.Unseal(root)
+	}
+	if err != nil {
 		if m.dev != nil {
 			if errors.Is(err, cluster.ErrNoLeader) {
 				// The outcome is unknown: the init may still commit, and
@@ -471,7 +477,12 @@ func (m *Manager) Rekey(ctx context.Context, current []string, shares, threshold
 		return api.InitResponse{}, err
 	}
 	if err := m.ks.Rekey(ctx, root, shares, threshold); err != nil {
-		return api.InitResponse{}, err
+		// An unknown outcome that turns out committed: the old shares no
+		// longer work, so the new ones must be answered, not dropped.
+		if !errors.Is(err, cluster.ErrOutcomeUnknown) || !m.committed(ctx, root) {
+			return api.InitResponse{}, err
+		}
+		m.log.Warn("rekey: the write's outcome was unknown, and it committed: answering the new shares")
 	}
 	return api.InitResponse{Shares: encoded, Encrypted: len(rcpts) > 0}, nil
 }
@@ -569,5 +580,31 @@ func (m *Manager) AutoUnseal(ctx context.Context) {
 	m.log.Info("auto-unsealed with the seal device", "seal-type", kind)
 	if m.event != nil {
 		m.event("auto-unseal", map[string]string{"seal_type": kind})
+	}
+}
+
+// outcomeWait bounds how long committed waits for a write of unknown
+// outcome to show in this node's state.
+var outcomeWait = 15 * time.Second
+
+// committed reports whether the keyring this node has applied opens with
+// root: after an init or rekey whose raft outcome was unknown (leadership
+// lost with the entry in flight), whether it committed after all. It polls
+// until outcomeWait, as the entry may commit under the next leader and
+// reach this node later. false means it had not committed by then.
+func (m *Manager) committed(ctx context.Context, root []byte) bool {
+	ctx, cancel := context.WithTimeout(ctx, outcomeWait)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if m.ks.VerifyRoot(root) == nil {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
 	}
 }
