@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -59,7 +60,7 @@ func matchSecrets(path, rest string) (map[string]route, string) {
 
 // objectKind names what an operation acts on, for denial messages.
 func objectKind(op string) string {
-	if strings.HasPrefix(op, "secret_") {
+	if slices.Contains(api.SecretOperations, op) {
 		return "secret"
 	}
 	return "key"

@@ -142,7 +142,7 @@ const numOps = 12
 
 // isSecretOp reports whether operation bit i is a secret operation, which
 // matches the policy's secrets patterns instead of its keys.
-func isSecretOp(i int) bool { return i >= opIndex(api.OpSecretRead) }
+func isSecretOp(i int) bool { return slices.Contains(api.SecretOperations, api.Operations[i]) }
 
 // PolicySet is a compiled, immutable set of policies. It is safe for
 // concurrent use; build a new one when the policies change.
