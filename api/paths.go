@@ -15,6 +15,7 @@ const (
 	PathRotate   = "/v1/sys/rotate"
 	PathKeys     = "/v1/keys"
 	PathPolicies = "/v1/policies"
+	PathSecrets  = "/v1/secrets"
 )
 
 // KeyPath is the path of key name, with an action appended when given
@@ -29,3 +30,13 @@ func KeyPath(name string, action ...string) string {
 
 // PolicyPath is the path of policy name.
 func PolicyPath(name string) string { return PathPolicies + "/" + url.PathEscape(name) }
+
+// SecretPath is the path of secret name, with an action appended when
+// given (SecretPath("db", "metadata") is "/v1/secrets/db/metadata").
+func SecretPath(name string, action ...string) string {
+	p := PathSecrets + "/" + url.PathEscape(name)
+	for _, s := range action {
+		p += "/" + s
+	}
+	return p
+}

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -112,15 +111,6 @@ func validEnvName(s string) bool {
 	return true
 }
 
-// getSecretValue reads the latest value of a secret; the caller zeroes it.
-func (x *cmd) getSecretValue(name string) ([]byte, error) {
-	var out api.SecretValue
-	if _, err := x.client.Do(x.ctx, http.MethodGet, secretPath(name), nil, &out); err != nil {
-		return nil, fmt.Errorf("secret %s: %w", name, err)
-	}
-	return out.Value, nil
-}
-
 func (x *cmd) run() error {
 	args := x.c.Args().Slice()
 	if len(args) == 0 {
@@ -149,11 +139,11 @@ func (x *cmd) run() error {
 		if _, ok := values[n]; ok {
 			continue
 		}
-		v, err := x.getSecretValue(n)
+		sv, err := x.client.GetSecret(x.ctx, n, 0)
 		if err != nil {
-			return err
+			return fmt.Errorf("secret %s: %w", n, err)
 		}
-		values[n] = v
+		values[n] = sv.Value
 	}
 	env := os.Environ()
 	for _, e := range envs {

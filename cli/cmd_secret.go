@@ -14,16 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const pathSecrets = "/v1/secrets"
-
-func secretPath(name string, op ...string) string {
-	p := pathSecrets + "/" + url.PathEscape(name)
-	for _, s := range op {
-		p += "/" + s
-	}
-	return p
-}
-
 func (e *env) secretCommand() *ucli.Command {
 	return group(&ucli.Command{
 		Name:      "secret",
@@ -119,7 +109,7 @@ printf '%s' "$PASSWORD" | coffer secret put db-password --cas 3`, 1, 2, func(x *
 		}
 		defer clear(body)
 		var out api.SecretWriteResponse
-		return x.request(http.MethodPut, secretPath(name), body, &out, func() error {
+		return x.request(http.MethodPut, api.SecretPath(name), body, &out, func() error {
 			_, err := fmt.Fprintf(x.stdout, "Stored secret %s version %d.\n", out.Name, out.Version)
 			return err
 		})
@@ -144,7 +134,7 @@ coffer secret get db-password --version 2 --out ./old-password`, 1, 1, func(x *c
 		if err != nil {
 			return err
 		}
-		path := secretPath(name)
+		path := api.SecretPath(name)
 		if x.c.IsSet("version") {
 			v := x.c.Int("version")
 			if v < 1 {
@@ -204,7 +194,7 @@ func (e *env) secretListCommand() *ucli.Command {
 		Description: "Lists the names of the secrets the caller may read (all of them for an admin).",
 	}, `coffer secret list`, 0, 0, func(x *cmd) error {
 		var out api.SecretList
-		return x.request(http.MethodGet, pathSecrets, nil, &out, func() error {
+		return x.request(http.MethodGet, api.PathSecrets, nil, &out, func() error {
 			return printNames(x.stdout, "NAME", "No secrets.", out.Secrets)
 		})
 	})
@@ -256,7 +246,7 @@ func (e *env) secretShowCommand() *ucli.Command {
 		if err != nil {
 			return err
 		}
-		return x.showSecret(http.MethodGet, secretPath(name, "metadata"), nil)
+		return x.showSecret(http.MethodGet, api.SecretPath(name, "metadata"), nil)
 	})
 }
 
@@ -282,7 +272,7 @@ func (e *env) secretUpdateCommand() *ucli.Command {
 		if n < 1 || n > api.MaxSecretMaxVersionsLimit {
 			return usagef("invalid --max-versions %d: give 1 to %d", n, api.MaxSecretMaxVersionsLimit)
 		}
-		return x.showSecret(http.MethodPatch, secretPath(name, "metadata"), api.UpdateSecretMetadataRequest{MaxVersions: &n})
+		return x.showSecret(http.MethodPatch, api.SecretPath(name, "metadata"), api.UpdateSecretMetadataRequest{MaxVersions: &n})
 	})
 }
 
@@ -310,7 +300,7 @@ func (e *env) secretDestroyCommand() *ucli.Command {
 				return usagef("invalid --version %d: versions start at 1", v)
 			}
 		}
-		return x.showSecret(http.MethodPost, secretPath(name, "destroy"), api.DestroySecretRequest{Versions: vs})
+		return x.showSecret(http.MethodPost, api.SecretPath(name, "destroy"), api.DestroySecretRequest{Versions: vs})
 	})
 }
 
@@ -331,7 +321,7 @@ coffer secret delete db-password --pending-window 720h`, 1, 1, func(x *cmd) erro
 		if err != nil {
 			return err
 		}
-		path := secretPath(name)
+		path := api.SecretPath(name)
 		if x.c.IsSet("pending-window") {
 			window := x.c.String("pending-window")
 			if err := checkDuration("pending-window", window, minPendingWindow); err != nil {
@@ -354,6 +344,6 @@ func (e *env) secretRestoreCommand() *ucli.Command {
 		if err != nil {
 			return err
 		}
-		return x.showSecret(http.MethodPost, secretPath(name, "restore"), nil)
+		return x.showSecret(http.MethodPost, api.SecretPath(name, "restore"), nil)
 	})
 }
