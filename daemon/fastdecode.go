@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"unsafe"
 
 	"github.com/coffer-kms/coffer/api"
 )
@@ -254,9 +255,14 @@ func (s *scanner) wrapField(a *arena, name []byte, seen *uint8, plaintext, aad *
 	return ok
 }
 
-func parseWrap(body []byte, out *api.WrapRequest) bool {
+func parseWrap(body []byte, out *api.WrapRequest) bool { return parseWrapInto(body, out, nil) }
+
+// parseWrapInto is parseWrap decoding into sc's pooled arena and item
+// slice when sc is not nil (batch.go).
+func parseWrapInto(body []byte, out *api.WrapRequest, sc *batchScratch) bool {
 	s := scanner{b: body}
-	a := newArena(body)
+	a := sc.arenaFor(body)
+	defer sc.keepArena(a)
 	var req api.WrapRequest
 	var seen uint8
 	ok := s.object(func(name []byte) bool {
@@ -266,7 +272,14 @@ func parseWrap(body []byte, out *api.WrapRequest) bool {
 		if !once(&seen, 4) {
 			return false
 		}
-		req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
+		if sc != nil {
+			// A pooled slice (append grows it for a larger batch): no
+			// count of the items first.
+			req.Batch = sc.wrapItems()
+			defer func() { sc.wrap = req.Batch[:0] }()
+		} else {
+			req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
+		}
 		return s.array(func() bool {
 			var it api.WrapItem
 			var iseen uint8
@@ -286,13 +299,20 @@ func parseWrap(body []byte, out *api.WrapRequest) bool {
 }
 
 // ciphertextField decodes an unwrap/rewrap body's or batch item's field.
-func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext *string, aad *[]byte) (ok bool) {
+// With share, the ciphertext string shares the body's memory instead of
+// copying it (batch items decoded into a batchScratch, which keeps the
+// body until the request is done).
+func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext *string, aad *[]byte, share bool) (ok bool) {
 	switch string(name) {
 	case "ciphertext":
 		if once(seen, 1) {
 			var v []byte
 			v, ok = s.str()
-			*ciphertext = string(v)
+			if share {
+				*ciphertext = unsafe.String(unsafe.SliceData(v), len(v))
+			} else {
+				*ciphertext = string(v)
+			}
 		}
 	case "aad":
 		if once(seen, 2) {
@@ -303,22 +323,37 @@ func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext
 }
 
 func parseCiphertext(body []byte, out *api.CiphertextRequest) bool {
+	return parseCiphertextInto(body, out, nil)
+}
+
+// parseCiphertextInto is parseCiphertext decoding into sc's pooled arena
+// and item slice when sc is not nil; the batch items' ciphertexts then
+// share body's memory, which sc keeps until it is released (batch.go).
+func parseCiphertextInto(body []byte, out *api.CiphertextRequest, sc *batchScratch) bool {
 	s := scanner{b: body}
-	a := newArena(body)
+	a := sc.arenaFor(body)
+	defer sc.keepArena(a)
 	var req api.CiphertextRequest
 	var seen uint8
 	ok := s.object(func(name []byte) bool {
 		if string(name) != "batch" {
-			return s.ciphertextField(a, name, &seen, &req.Ciphertext, &req.AAD)
+			return s.ciphertextField(a, name, &seen, &req.Ciphertext, &req.AAD, false)
 		}
 		if !once(&seen, 4) {
 			return false
 		}
-		req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
+		if sc != nil {
+			req.Batch = sc.ciphertextItems()
+			defer func() { sc.cts = req.Batch[:0] }()
+		} else {
+			req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
+		}
 		return s.array(func() bool {
 			var it api.CiphertextItem
 			var iseen uint8
-			if !s.object(func(name []byte) bool { return s.ciphertextField(a, name, &iseen, &it.Ciphertext, &it.AAD) }) {
+			if !s.object(func(name []byte) bool {
+				return s.ciphertextField(a, name, &iseen, &it.Ciphertext, &it.AAD, sc != nil)
+			}) {
 				return false
 			}
 			req.Batch = append(req.Batch, it)

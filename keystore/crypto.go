@@ -58,8 +58,30 @@ var strictB64 = base64.StdEncoding.Strict()
 // 1..2^31-1 without leading zeros, canonical padded base64, at least a nonce
 // and a tag. Every failure wraps ErrDecrypt.
 func ParseCiphertext(s string) (version int, raw []byte, err error) {
+	v, body, err := splitCiphertext(s)
+	if err != nil {
+		return 0, nil, err
+	}
+	raw, derr := strictB64.DecodeString(body)
+	if derr != nil {
+		return 0, nil, errCiphertextBase64
+	}
+	if len(raw) < dataNonceSize+dataTagSize {
+		return 0, nil, errCiphertextShort
+	}
+	return v, raw, nil
+}
+
+var (
+	errCiphertextBase64 = wrapf(ErrDecrypt, "ciphertext body is not valid base64: it was truncated or altered")
+	errCiphertextShort  = wrapf(ErrDecrypt, "ciphertext is too short: it was truncated")
+)
+
+// splitCiphertext checks "coffer:v<N>:" and returns N and the base64 body
+// (ParseCiphertext; the batch functions decode the body into a buffer).
+func splitCiphertext(s string) (version int, body string, err error) {
 	if len(s) < len(CiphertextPrefix) || s[:len(CiphertextPrefix)] != CiphertextPrefix {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext does not start with %q: pass the ciphertext exactly as wrap returned it", CiphertextPrefix)
+		return 0, "", wrapf(ErrDecrypt, "ciphertext does not start with %q: pass the ciphertext exactly as wrap returned it", CiphertextPrefix)
 	}
 	rest := s[len(CiphertextPrefix):]
 	i := 0
@@ -67,26 +89,19 @@ func ParseCiphertext(s string) (version int, raw []byte, err error) {
 		i++
 	}
 	if i == 0 || i >= len(rest) || rest[i] != ':' || (rest[0] == '0') {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
+		return 0, "", wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
 	}
 	v, perr := strconv.ParseInt(rest[:i], 10, 32)
 	if perr != nil || v < 1 {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
+		return 0, "", wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
 	}
-	body := rest[i+1:]
+	body = rest[i+1:]
 	// encoding/base64 skips \r and \n even in strict mode; a ciphertext has
 	// exactly one spelling, so refuse them.
 	if strings.ContainsAny(body, "\r\n") {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it contains a line break")
+		return 0, "", wrapf(ErrDecrypt, "ciphertext body is not valid base64: it contains a line break")
 	}
-	raw, derr := strictB64.DecodeString(body)
-	if derr != nil {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it was truncated or altered")
-	}
-	if len(raw) < dataNonceSize+dataTagSize {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext is too short: it was truncated")
-	}
-	return int(v), raw, nil
+	return int(v), body, nil
 }
 
 func newAEAD(typ string, key []byte) (cipher.AEAD, error) {
