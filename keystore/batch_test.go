@@ -279,3 +279,32 @@ func BenchmarkUnwrapEach100(b *testing.B) {
 		})
 	}
 }
+
+// FuzzUnwrapEach: for any ciphertext string, UnwrapEach and RewrapEach
+// (which decode it into a shared buffer) fail or succeed as Unwrap and
+// Rewrap do, with the same error.
+func FuzzUnwrapEach(f *testing.F) {
+	ks := newKS(f, nil)
+	mustInit(f, ks)
+	mustCreate(f, ks, "k", "")
+	ct, _ := wrap1(f, ks, "k", []byte("fuzz"), nil)
+	for _, s := range []string{ct, ct[:len(ct)-2], ct + "=", "coffer:v1:", "coffer:v0:AAAA", "coffer:v2:" + ct[10:], "coffer:v1:" + strings.Repeat("A", 40) + "\n", "x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		items := []Item{{Ciphertext: s}}
+		want, err := ks.Unwrap("k", items)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := collect(t, func(e EmitFunc) error { return ks.UnwrapEach("k", items, e) }, 1)
+		if !sameErr(got[0].err, want[0].Err) || !bytes.Equal(got[0].out, want[0].Plaintext) {
+			t.Fatalf("%q: UnwrapEach %q %v, Unwrap %q %v", s, got[0].out, got[0].err, want[0].Plaintext, want[0].Err)
+		}
+		wantR, _ := ks.Rewrap("k", items)
+		gotR := collect(t, func(e EmitFunc) error { return ks.RewrapEach("k", items, e) }, 1)
+		if !sameErr(gotR[0].err, wantR[0].Err) || gotR[0].version != wantR[0].Version {
+			t.Fatalf("%q: RewrapEach %v, Rewrap %v", s, gotR[0].err, wantR[0].Err)
+		}
+	})
+}
