@@ -28,6 +28,7 @@ import (
 
 // batchScratch is one crypto request's pooled buffers.
 type batchScratch struct {
+	ar    arena
 	arena []byte // decoded base64 of the body (fastdecode.go)
 	wrap  []api.WrapItem
 	cts   []api.CiphertextItem
@@ -80,7 +81,8 @@ func (sc *batchScratch) arenaFor(body []byte) *arena {
 		clear(sc.arena[:cap(sc.arena)])
 		sc.arena = make([]byte, 0, n)
 	}
-	return &arena{b: sc.arena[:0]}
+	sc.ar = arena{b: sc.arena[:0]}
+	return &sc.ar
 }
 
 // keepArena records the arena's buffer, to be zeroed on release.
@@ -151,8 +153,9 @@ type batchEncoder struct {
 	// pre and suf are `{"ciphertext":"coffer:v<N>:` and
 	// `","key_version":<N>}` for version pv: every item of a batch is
 	// sealed under the same version.
-	pv       int
-	pre, suf []byte
+	pv             int
+	pre, suf       []byte
+	preBuf, sufBuf [48]byte
 }
 
 // reserve makes room for n more bytes. The buffer is grown by hand, not
@@ -202,8 +205,8 @@ func (e *batchEncoder) emit(i, v int, out []byte, err error) {
 	}
 	if v != e.pv || e.pre == nil {
 		e.pv = v
-		e.pre = append(strconv.AppendInt(append(e.pre[:0], `{"ciphertext":"`+keystore.CiphertextPrefix...), int64(v), 10), ':')
-		e.suf = append(strconv.AppendInt(append(e.suf[:0], `","key_version":`...), int64(v), 10), '}')
+		e.pre = append(strconv.AppendInt(append(e.preBuf[:0], `{"ciphertext":"`+keystore.CiphertextPrefix...), int64(v), 10), ':')
+		e.suf = append(strconv.AppendInt(append(e.sufBuf[:0], `","key_version":`...), int64(v), 10), '}')
 	}
 	e.reserve(len(e.pre) + base64.StdEncoding.EncodedLen(len(out)) + len(e.suf) + 1)
 	if i > 0 {

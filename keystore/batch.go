@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"unsafe"
 
 	"github.com/coffer-kms/coffer/api"
@@ -46,6 +47,21 @@ type batchBufs struct {
 	raw    []byte
 	ct     []byte
 	pt     []byte
+}
+
+// batchPool recycles batchBufs: only pt ever holds a secret, and it is
+// zeroed before the buffers go back. Buffers grown for a large item are
+// not kept.
+var batchPool = sync.Pool{New: func() any { return new(batchBufs) }}
+
+func getBatchBufs() *batchBufs { return batchPool.Get().(*batchBufs) }
+
+func (b *batchBufs) release() {
+	clear(b.pt[:cap(b.pt)])
+	if cap(b.nonces) > 64<<10 || cap(b.raw) > 4<<10 || cap(b.ct) > 4<<10 || cap(b.pt) > 4<<10 {
+		*b = batchBufs{}
+	}
+	batchPool.Put(b)
 }
 
 func grow(b []byte, n int) []byte {
@@ -140,9 +156,10 @@ func (ks *Keystore) WrapEach(name string, items []Item, emit EmitFunc) error {
 			sealable++
 		}
 	}
-	var b batchBufs
+	b := getBatchBufs()
+	defer b.release()
 	if aerr == nil && sealable > 0 {
-		aerr = ks.readNonces(&b, sealable, a.NonceSize())
+		aerr = ks.readNonces(b, sealable, a.NonceSize())
 	}
 	if aerr == nil && k.latestCtr != nil {
 		k.latestCtr.Add(uint64(sealable)) // the nonce budget (nonce.go)
@@ -180,8 +197,8 @@ func (ks *Keystore) UnwrapEach(name string, items []Item, emit EmitFunc) error {
 		return err
 	}
 	c := aeadCache{k: k}
-	var b batchBufs
-	defer func() { clear(b.pt[:cap(b.pt)]) }()
+	b := getBatchBufs()
+	defer b.release()
 	for i := range items {
 		pt, v, err := b.openInto(&c, name, items[i].Ciphertext, items[i].AAD)
 		if err != nil {
@@ -206,11 +223,11 @@ func (ks *Keystore) RewrapEach(name string, items []Item, emit EmitFunc) error {
 	}
 	c := aeadCache{k: k}
 	v := k.latest()
-	var b batchBufs
-	defer func() { clear(b.pt[:cap(b.pt)]) }()
+	b := getBatchBufs()
+	defer b.release()
 	a, aerr := c.get(v)
 	if aerr == nil {
-		aerr = ks.readNonces(&b, len(items), a.NonceSize())
+		aerr = ks.readNonces(b, len(items), a.NonceSize())
 	}
 	for i := range items {
 		pt, _, err := b.openInto(&c, name, items[i].Ciphertext, items[i].AAD)
