@@ -28,8 +28,9 @@ import (
 
 // batchScratch is one crypto request's pooled buffers.
 type batchScratch struct {
-	ar    arena
-	arena []byte // decoded base64 of the body (fastdecode.go)
+	ar        arena
+	arena     []byte // decoded base64 of the body (fastdecode.go)
+	arenaUsed int    // how much of arena decoding may have written
 	wrap  []api.WrapItem
 	cts   []api.CiphertextItem
 	items []keystore.Item
@@ -54,11 +55,17 @@ func (sc *batchScratch) release() {
 		sc.releaseBody()
 		sc.releaseBody = nil
 	}
-	clear(sc.arena[:cap(sc.arena)])
-	clear(sc.out[:cap(sc.out)])
-	clear(sc.wrap[:cap(sc.wrap)])
-	clear(sc.cts[:cap(sc.cts)])
-	clear(sc.items[:cap(sc.items)])
+	// Only what this request used: a single wrap after a batch must not
+	// pay for zeroing the batch's buffers again. The slices' lengths are
+	// what was written (arenaUsed for the arena, which base64 decoding
+	// writes past its length).
+	clear(sc.arena[:sc.arenaUsed])
+	clear(sc.out)
+	clear(sc.wrap)
+	clear(sc.cts)
+	clear(sc.items)
+	sc.arena, sc.arenaUsed, sc.out = sc.arena[:0], 0, sc.out[:0]
+	sc.wrap, sc.cts, sc.items = sc.wrap[:0], sc.cts[:0], sc.items[:0]
 	if cap(sc.arena) > maxPooledBody {
 		sc.arena = nil
 	}
@@ -78,9 +85,10 @@ func (sc *batchScratch) arenaFor(body []byte) *arena {
 	}
 	n := base64.StdEncoding.DecodedLen(len(body))
 	if cap(sc.arena) < n {
-		clear(sc.arena[:cap(sc.arena)])
+		clear(sc.arena[:sc.arenaUsed])
 		sc.arena = make([]byte, 0, n)
 	}
+	sc.arenaUsed = max(sc.arenaUsed, n)
 	sc.ar = arena{b: sc.arena[:0]}
 	return &sc.ar
 }
@@ -93,8 +101,10 @@ func (sc *batchScratch) keepArena(a *arena) {
 }
 
 // wrapItems and ciphertextItems are the pooled item slices, never nil
-// (a nil Batch means a single item).
+// (a nil Batch means a single item). The parser stores the filled slice
+// back (its length is what release zeroes).
 func (sc *batchScratch) wrapItems() []api.WrapItem {
+	clear(sc.wrap)
 	if sc.wrap == nil {
 		sc.wrap = make([]api.WrapItem, 0, 128)
 	}
@@ -102,6 +112,7 @@ func (sc *batchScratch) wrapItems() []api.WrapItem {
 }
 
 func (sc *batchScratch) ciphertextItems() []api.CiphertextItem {
+	clear(sc.cts)
 	if sc.cts == nil {
 		sc.cts = make([]api.CiphertextItem, 0, 128)
 	}
@@ -109,9 +120,11 @@ func (sc *batchScratch) ciphertextItems() []api.CiphertextItem {
 }
 
 func (sc *batchScratch) keystoreItems(n int) []keystore.Item {
+	clear(sc.items)
 	if cap(sc.items) < n {
 		sc.items = make([]keystore.Item, n)
 	}
+	sc.items = sc.items[:n]
 	if cap(sc.ver) < n {
 		sc.ver = make([]int, n)
 	}
@@ -233,7 +246,7 @@ func (s *Server) runBatch(rc *reqCtx, op func(string, []keystore.Item, keystore.
 	// plaintext); later requests reuse the pooled buffer.
 	e.reserve(16 + 96*len(items))
 	run := func() error {
-		clear(e.buf[:cap(e.buf)])
+		clear(e.buf) // a first answer before catching up
 		e.buf, e.failed, e.unknownVersion = e.buf[:0], 0, false
 		clear(e.ver)
 		e.begin()

@@ -155,7 +155,9 @@ func TestBatchEncoder_GrowZeroes(t *testing.T) {
 
 	sc := getBatchScratch()
 	sc.out = append(sc.out[:0], "c2VjcmV0"...)
-	sc.arena = append(sc.arena[:0], "secret"...)
+	a := sc.arenaFor([]byte(`{"plaintext":"c2VjcmV0"}`))
+	a.b = append(a.b, "secret"...)
+	sc.keepArena(a)
 	out, arena := sc.out[:cap(sc.out)], sc.arena[:cap(sc.arena)]
 	sc.wrap = append(sc.wrapItems(), api.WrapItem{Plaintext: arena})
 	items := sc.keystoreItems(1)

@@ -276,7 +276,7 @@ func parseWrapInto(body []byte, out *api.WrapRequest, sc *batchScratch) bool {
 			// A pooled slice (append grows it for a larger batch): no
 			// count of the items first.
 			req.Batch = sc.wrapItems()
-			defer func() { sc.wrap = req.Batch[:0] }()
+			defer func() { sc.wrap = req.Batch }()
 		} else {
 			req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
 		}
@@ -344,7 +344,7 @@ func parseCiphertextInto(body []byte, out *api.CiphertextRequest, sc *batchScrat
 		}
 		if sc != nil {
 			req.Batch = sc.ciphertextItems()
-			defer func() { sc.cts = req.Batch[:0] }()
+			defer func() { sc.cts = req.Batch }()
 		} else {
 			req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
 		}
