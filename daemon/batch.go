@@ -31,11 +31,11 @@ type batchScratch struct {
 	ar        arena
 	arena     []byte // decoded base64 of the body (fastdecode.go)
 	arenaUsed int    // how much of arena decoding may have written
-	wrap  []api.WrapItem
-	cts   []api.CiphertextItem
-	items []keystore.Item
-	ver   []int // per item: the key version of its result (the audit entry)
-	out   []byte
+	wrap      []api.WrapItem
+	cts       []api.CiphertextItem
+	items     []keystore.Item
+	ver       []int // per item: the key version of its result (the audit entry)
+	out       []byte
 	// releaseBody gives the request body back; it is kept until the
 	// request is done because batch ciphertexts share its memory.
 	releaseBody func()
