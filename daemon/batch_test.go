@@ -360,3 +360,27 @@ func TestBatch_HTTP(t *testing.T) {
 	n.expect("POST", "/v1/keys/k/rewrap", map[string]any{"ciphertext": "x", "batch": []map[string]string{{"ciphertext": "x"}}}, 400, api.CodeBadRequest)
 	n.expect("POST", "/v1/keys/nope/unwrap", map[string]any{"batch": []map[string]string{{"ciphertext": "x"}}}, 404, api.CodeNotFound)
 }
+
+// plainASCII (eight bytes at a time) agrees with the byte loop it
+// replaced, for every byte value in every position of a word and the tail.
+func TestPlainASCII(t *testing.T) {
+	slow := func(b []byte) bool {
+		for _, c := range b {
+			if c == '\\' || c < 0x20 || c >= 0x7f {
+				return false
+			}
+		}
+		return true
+	}
+	for n := 0; n <= 19; n++ {
+		for pos := 0; pos < n; pos++ {
+			for c := 0; c < 256; c++ {
+				b := bytes.Repeat([]byte("aZ+/=9"), 4)[:n]
+				b[pos] = byte(c)
+				if got, want := plainASCII(b), slow(b); got != want {
+					t.Fatalf("%q: %v, want %v", b, got, want)
+				}
+			}
+		}
+	}
+}

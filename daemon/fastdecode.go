@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"io"
 	"net/http"
 	"sync"
@@ -130,18 +131,39 @@ func (s *scanner) str() ([]byte, bool) {
 	if !s.lit('"') {
 		return nil, false
 	}
-	for j := s.i; j < len(s.b); j++ {
-		c := s.b[j]
-		if c == '"' {
-			v := s.b[s.i:j]
-			s.i = j + 1
-			return v, true
+	end := bytes.IndexByte(s.b[s.i:], '"')
+	if end < 0 || !plainASCII(s.b[s.i:s.i+end]) {
+		return nil, false
+	}
+	v := s.b[s.i : s.i+end]
+	s.i += end + 1
+	return v, true
+}
+
+// plainASCII reports whether b is printable ASCII without a backslash,
+// eight bytes at a time (a batch's ciphertexts are most of its body).
+func plainASCII(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		// A byte < 0x20, a byte > 0x7e, a byte equal to '\\' (the
+		// "has less", "has more" and "has zero" tests of Bit Twiddling
+		// Hacks: exact about whether such a byte exists).
+		less := (x - ones*0x20) & ^x & highs
+		more := ((x + ones*(127-0x7e)) | x) & highs
+		y := x ^ (ones * '\\')
+		bs := (y - ones) & ^y & highs
+		if less|more|bs != 0 {
+			return false
 		}
+		b = b[8:]
+	}
+	for _, c := range b {
 		if c == '\\' || c < 0x20 || c >= 0x7f {
-			return nil, false
+			return false
 		}
 	}
-	return nil, false
+	return true
 }
 
 // end reports whether only white space is left.

@@ -308,3 +308,18 @@ func FuzzUnwrapEach(f *testing.F) {
 		}
 	})
 }
+
+// The version bound of the hand-written number parsing in
+// splitCiphertext: 1 to 2^31-1, as strconv.ParseInt(…, 10, 32) allowed.
+func TestParseCiphertext_VersionBounds(t *testing.T) {
+	body := strings.Repeat("A", 40)
+	for s, ok := range map[string]bool{
+		"coffer:v2147483647:" + body: true, "coffer:v2147483648:" + body: false, "coffer:v9999999999:" + body: false,
+		"coffer:v1:" + body: true, "coffer:v0:" + body: false, "coffer:v07:" + body: false, "coffer:v:" + body: false,
+		"coffer:v1:" + body[:20] + "\r" + body[20:]: false, "coffer:v1:" + body + "\n": false,
+	} {
+		if _, _, err := ParseCiphertext(s); (err == nil) != ok {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+}
