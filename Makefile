@@ -41,11 +41,13 @@ FUZZ_TARGETS := \
 	./keystore/shamir:FuzzParse \
 	./keystore/shamir:FuzzCombine \
 	./keystore:FuzzParseCiphertext \
+	./keystore:FuzzUnwrapEach \
 	./keystore:FuzzXAESOpen \
 	./keystore:FuzzDecodeCommand \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \
+	./daemon:FuzzBatchEncode \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \

@@ -3,9 +3,11 @@ package daemon
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"io"
 	"net/http"
 	"sync"
+	"unsafe"
 
 	"github.com/coffer-kms/coffer/api"
 )
@@ -129,18 +131,39 @@ func (s *scanner) str() ([]byte, bool) {
 	if !s.lit('"') {
 		return nil, false
 	}
-	for j := s.i; j < len(s.b); j++ {
-		c := s.b[j]
-		if c == '"' {
-			v := s.b[s.i:j]
-			s.i = j + 1
-			return v, true
+	end := bytes.IndexByte(s.b[s.i:], '"')
+	if end < 0 || !plainASCII(s.b[s.i:s.i+end]) {
+		return nil, false
+	}
+	v := s.b[s.i : s.i+end]
+	s.i += end + 1
+	return v, true
+}
+
+// plainASCII reports whether b is printable ASCII without a backslash,
+// eight bytes at a time (a batch's ciphertexts are most of its body).
+func plainASCII(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		// A byte < 0x20, a byte > 0x7e, a byte equal to '\\' (the
+		// "has less", "has more" and "has zero" tests of Bit Twiddling
+		// Hacks: exact about whether such a byte exists).
+		less := (x - ones*0x20) & ^x & highs
+		more := ((x + ones*(127-0x7e)) | x) & highs
+		y := x ^ (ones * '\\')
+		bs := (y - ones) & ^y & highs
+		if less|more|bs != 0 {
+			return false
 		}
+		b = b[8:]
+	}
+	for _, c := range b {
 		if c == '\\' || c < 0x20 || c >= 0x7f {
-			return nil, false
+			return false
 		}
 	}
-	return nil, false
+	return true
 }
 
 // end reports whether only white space is left.
@@ -254,9 +277,14 @@ func (s *scanner) wrapField(a *arena, name []byte, seen *uint8, plaintext, aad *
 	return ok
 }
 
-func parseWrap(body []byte, out *api.WrapRequest) bool {
+func parseWrap(body []byte, out *api.WrapRequest) bool { return parseWrapInto(body, out, nil) }
+
+// parseWrapInto is parseWrap decoding into sc's pooled arena and item
+// slice when sc is not nil (batch.go).
+func parseWrapInto(body []byte, out *api.WrapRequest, sc *batchScratch) bool {
 	s := scanner{b: body}
-	a := newArena(body)
+	a := sc.arenaFor(body)
+	defer sc.keepArena(a)
 	var req api.WrapRequest
 	var seen uint8
 	ok := s.object(func(name []byte) bool {
@@ -266,7 +294,14 @@ func parseWrap(body []byte, out *api.WrapRequest) bool {
 		if !once(&seen, 4) {
 			return false
 		}
-		req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
+		if sc != nil {
+			// A pooled slice (append grows it for a larger batch): no
+			// count of the items first.
+			req.Batch = sc.wrapItems()
+			defer func() { sc.wrap = req.Batch }()
+		} else {
+			req.Batch = make([]api.WrapItem, 0, bytes.Count(s.b[s.i:], []byte(`"plaintext"`)))
+		}
 		return s.array(func() bool {
 			var it api.WrapItem
 			var iseen uint8
@@ -286,13 +321,20 @@ func parseWrap(body []byte, out *api.WrapRequest) bool {
 }
 
 // ciphertextField decodes an unwrap/rewrap body's or batch item's field.
-func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext *string, aad *[]byte) (ok bool) {
+// With share, the ciphertext string shares the body's memory instead of
+// copying it (batch items decoded into a batchScratch, which keeps the
+// body until the request is done).
+func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext *string, aad *[]byte, share bool) (ok bool) {
 	switch string(name) {
 	case "ciphertext":
 		if once(seen, 1) {
 			var v []byte
 			v, ok = s.str()
-			*ciphertext = string(v)
+			if share {
+				*ciphertext = unsafe.String(unsafe.SliceData(v), len(v))
+			} else {
+				*ciphertext = string(v)
+			}
 		}
 	case "aad":
 		if once(seen, 2) {
@@ -303,22 +345,37 @@ func (s *scanner) ciphertextField(a *arena, name []byte, seen *uint8, ciphertext
 }
 
 func parseCiphertext(body []byte, out *api.CiphertextRequest) bool {
+	return parseCiphertextInto(body, out, nil)
+}
+
+// parseCiphertextInto is parseCiphertext decoding into sc's pooled arena
+// and item slice when sc is not nil; the batch items' ciphertexts then
+// share body's memory, which sc keeps until it is released (batch.go).
+func parseCiphertextInto(body []byte, out *api.CiphertextRequest, sc *batchScratch) bool {
 	s := scanner{b: body}
-	a := newArena(body)
+	a := sc.arenaFor(body)
+	defer sc.keepArena(a)
 	var req api.CiphertextRequest
 	var seen uint8
 	ok := s.object(func(name []byte) bool {
 		if string(name) != "batch" {
-			return s.ciphertextField(a, name, &seen, &req.Ciphertext, &req.AAD)
+			return s.ciphertextField(a, name, &seen, &req.Ciphertext, &req.AAD, false)
 		}
 		if !once(&seen, 4) {
 			return false
 		}
-		req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
+		if sc != nil {
+			req.Batch = sc.ciphertextItems()
+			defer func() { sc.cts = req.Batch }()
+		} else {
+			req.Batch = make([]api.CiphertextItem, 0, bytes.Count(s.b[s.i:], []byte(`"ciphertext"`)))
+		}
 		return s.array(func() bool {
 			var it api.CiphertextItem
 			var iseen uint8
-			if !s.object(func(name []byte) bool { return s.ciphertextField(a, name, &iseen, &it.Ciphertext, &it.AAD) }) {
+			if !s.object(func(name []byte) bool {
+				return s.ciphertextField(a, name, &iseen, &it.Ciphertext, &it.AAD, sc != nil)
+			}) {
 				return false
 			}
 			req.Batch = append(req.Batch, it)

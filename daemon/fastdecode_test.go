@@ -56,6 +56,19 @@ func FuzzFastDecode(f *testing.F) {
 		check("ciphertext", parseCiphertext(body, &c), &c, &api.CiphertextRequest{})
 		var d api.DataKeyRequest
 		check("datakey", parseDataKey(body, &d), &d, &api.DataKeyRequest{})
+
+		// Decoding into a pooled batchScratch (batch.go) gives the same
+		// values, whatever the scratch held before.
+		sc := getBatchScratch()
+		defer sc.release()
+		var w2 api.WrapRequest
+		if ok := parseWrapInto(body, &w2, sc); ok != parseWrap(body, &api.WrapRequest{}) || (ok && !reflect.DeepEqual(&w2, &w)) {
+			t.Fatalf("wrap into a scratch: %v %#v, without %#v", ok, w2, w)
+		}
+		var c2 api.CiphertextRequest
+		if ok := parseCiphertextInto(body, &c2, sc); ok != parseCiphertext(body, &api.CiphertextRequest{}) || (ok && !reflect.DeepEqual(&c2, &c)) {
+			t.Fatalf("ciphertext into a scratch: %v %#v, without %#v", ok, c2, c)
+		}
 	})
 }
 

@@ -195,8 +195,10 @@ func checkBatch(n int) error {
 }
 
 func (s *Server) handleWrap(rc *reqCtx) error {
+	sc := getBatchScratch()
+	defer sc.release()
 	var req api.WrapRequest
-	if err := decode(rc, &req); err != nil {
+	if err := sc.decode(rc, &req); err != nil {
 		return err
 	}
 	defer func() {
@@ -222,25 +224,7 @@ func (s *Server) handleWrap(rc *reqCtx) error {
 		writeWrapResult(rc.w, out[0])
 		return nil
 	}
-	if req.Plaintext != nil || req.AAD != nil {
-		return badRequest("send either a single item or batch, not both")
-	}
-	if err := checkBatch(len(req.Batch)); err != nil {
-		return err
-	}
-	items := make([]keystore.Item, len(req.Batch))
-	for i, b := range req.Batch {
-		if b.Plaintext == nil {
-			return badRequest("batch item %d: plaintext is required", i)
-		}
-		items[i] = keystore.Item{Plaintext: b.Plaintext, AAD: b.AAD}
-	}
-	out, err := s.crypto(rc, s.ks.Wrap, items)
-	if err != nil {
-		return err
-	}
-	writeWrapBatch(rc.w, out)
-	return nil
+	return s.wrapBatch(rc, &req, sc) // batch.go
 }
 
 // writeWrapResult encodes a single wrap or rewrap answer by hand (see
@@ -255,62 +239,25 @@ func writeWrapResult(w http.ResponseWriter, r keystore.Result) {
 	writeRaw(w, http.StatusOK, buf)
 }
 
-// writeWrapBatch encodes a wrap or rewrap batch answer by hand: ciphertexts
-// are ASCII from a fixed alphabet (no escaping), and skipping reflection
-// roughly halves the cost of large batches.
-func writeWrapBatch(w http.ResponseWriter, out []keystore.Result) {
-	n := 16
-	for _, r := range out {
-		n += len(r.Ciphertext) + 40
+// ciphertextItem validates a single-item unwrap or rewrap body.
+func ciphertextItem(req *api.CiphertextRequest) ([]keystore.Item, error) {
+	if req.Ciphertext == "" {
+		return nil, badRequest(`ciphertext is required: send {"ciphertext": "coffer:v…"} or {"batch": [...]}`)
 	}
-	buf := make([]byte, 0, n)
-	buf = append(buf, `{"batch":[`...)
-	for i, r := range out {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		if r.Err != nil {
-			b, _ := json.Marshal(api.WrapResult{Error: itemError(r.Err)})
-			buf = append(buf, b...)
-			continue
-		}
-		buf = append(buf, `{"ciphertext":"`...)
-		buf = append(buf, r.Ciphertext...)
-		buf = append(buf, `","key_version":`...)
-		buf = strconv.AppendInt(buf, int64(r.Version), 10)
-		buf = append(buf, '}')
-	}
-	buf = append(buf, "]}\n"...)
-	writeRaw(w, http.StatusOK, buf)
-}
-
-// ciphertextItems validates an unwrap or rewrap body.
-func ciphertextItems(req *api.CiphertextRequest) ([]keystore.Item, bool, error) {
-	if req.Batch == nil {
-		if req.Ciphertext == "" {
-			return nil, false, badRequest(`ciphertext is required: send {"ciphertext": "coffer:v…"} or {"batch": [...]}`)
-		}
-		return []keystore.Item{{Ciphertext: req.Ciphertext, AAD: req.AAD}}, false, nil
-	}
-	if req.Ciphertext != "" || req.AAD != nil {
-		return nil, true, badRequest("send either a single item or batch, not both")
-	}
-	if err := checkBatch(len(req.Batch)); err != nil {
-		return nil, true, err
-	}
-	items := make([]keystore.Item, len(req.Batch))
-	for i, b := range req.Batch {
-		items[i] = keystore.Item{Ciphertext: b.Ciphertext, AAD: b.AAD}
-	}
-	return items, true, nil
+	return []keystore.Item{{Ciphertext: req.Ciphertext, AAD: req.AAD}}, nil
 }
 
 func (s *Server) handleUnwrap(rc *reqCtx) error {
+	sc := getBatchScratch()
+	defer sc.release()
 	var req api.CiphertextRequest
-	if err := decode(rc, &req); err != nil {
+	if err := sc.decode(rc, &req); err != nil {
 		return err
 	}
-	items, batch, err := ciphertextItems(&req)
+	if req.Batch != nil {
+		return s.ciphertextBatch(rc, &req, sc, true) // batch.go
+	}
+	items, err := ciphertextItem(&req)
 	if err != nil {
 		return err
 	}
@@ -323,20 +270,16 @@ func (s *Server) handleUnwrap(rc *reqCtx) error {
 			clear(r.Plaintext)
 		}
 	}()
-	if !batch {
-		if out[0].Err != nil {
-			return out[0].Err
-		}
-		writePlaintexts(rc.w, out, false)
-		return nil
+	if out[0].Err != nil {
+		return out[0].Err
 	}
-	writePlaintexts(rc.w, out, true)
+	writePlaintexts(rc.w, out, false)
 	return nil
 }
 
 // writePlaintexts encodes unwrap results by hand into a buffer this function
 // zeroes, rather than through encoding/json, whose pooled buffers would keep
-// the base64 plaintext around after the response.
+// the base64 plaintext around after the response. (Batches: batch.go.)
 func writePlaintexts(w http.ResponseWriter, out []keystore.Result, batch bool) {
 	n := 32
 	for _, r := range out {
@@ -368,11 +311,16 @@ func writePlaintexts(w http.ResponseWriter, out []keystore.Result, batch bool) {
 }
 
 func (s *Server) handleRewrap(rc *reqCtx) error {
+	sc := getBatchScratch()
+	defer sc.release()
 	var req api.CiphertextRequest
-	if err := decode(rc, &req); err != nil {
+	if err := sc.decode(rc, &req); err != nil {
 		return err
 	}
-	items, batch, err := ciphertextItems(&req)
+	if req.Batch != nil {
+		return s.ciphertextBatch(rc, &req, sc, false) // batch.go
+	}
+	items, err := ciphertextItem(&req)
 	if err != nil {
 		return err
 	}
@@ -380,14 +328,10 @@ func (s *Server) handleRewrap(rc *reqCtx) error {
 	if err != nil {
 		return err
 	}
-	if !batch {
-		if out[0].Err != nil {
-			return out[0].Err
-		}
-		writeWrapResult(rc.w, out[0])
-		return nil
+	if out[0].Err != nil {
+		return out[0].Err
 	}
-	writeWrapBatch(rc.w, out)
+	writeWrapResult(rc.w, out[0])
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -58,35 +59,50 @@ var strictB64 = base64.StdEncoding.Strict()
 // 1..2^31-1 without leading zeros, canonical padded base64, at least a nonce
 // and a tag. Every failure wraps ErrDecrypt.
 func ParseCiphertext(s string) (version int, raw []byte, err error) {
-	if len(s) < len(CiphertextPrefix) || s[:len(CiphertextPrefix)] != CiphertextPrefix {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext does not start with %q: pass the ciphertext exactly as wrap returned it", CiphertextPrefix)
-	}
-	rest := s[len(CiphertextPrefix):]
-	i := 0
-	for i < len(rest) && i < 11 && rest[i] >= '0' && rest[i] <= '9' {
-		i++
-	}
-	if i == 0 || i >= len(rest) || rest[i] != ':' || (rest[0] == '0') {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
-	}
-	v, perr := strconv.ParseInt(rest[:i], 10, 32)
-	if perr != nil || v < 1 {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
-	}
-	body := rest[i+1:]
-	// encoding/base64 skips \r and \n even in strict mode; a ciphertext has
-	// exactly one spelling, so refuse them.
-	if strings.ContainsAny(body, "\r\n") {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it contains a line break")
+	v, body, err := splitCiphertext(s)
+	if err != nil {
+		return 0, nil, err
 	}
 	raw, derr := strictB64.DecodeString(body)
 	if derr != nil {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext body is not valid base64: it was truncated or altered")
+		return 0, nil, errCiphertextBase64
 	}
 	if len(raw) < dataNonceSize+dataTagSize {
-		return 0, nil, wrapf(ErrDecrypt, "ciphertext is too short: it was truncated")
+		return 0, nil, errCiphertextShort
 	}
-	return int(v), raw, nil
+	return v, raw, nil
+}
+
+var (
+	errCiphertextBase64 = wrapf(ErrDecrypt, "ciphertext body is not valid base64: it was truncated or altered")
+	errCiphertextShort  = wrapf(ErrDecrypt, "ciphertext is too short: it was truncated")
+)
+
+// splitCiphertext checks "coffer:v<N>:" and returns N and the base64 body
+// (ParseCiphertext; the batch functions decode the body into a buffer).
+func splitCiphertext(s string) (version int, body string, err error) {
+	if len(s) < len(CiphertextPrefix) || s[:len(CiphertextPrefix)] != CiphertextPrefix {
+		return 0, "", wrapf(ErrDecrypt, "ciphertext does not start with %q: pass the ciphertext exactly as wrap returned it", CiphertextPrefix)
+	}
+	rest := s[len(CiphertextPrefix):]
+	// N by hand (strconv.ParseInt(…, 10, 32) was a tenth of an unwrap
+	// batch): at most 11 digits, so v cannot overflow before the check.
+	i, v := 0, int64(0)
+	for i < len(rest) && i < 11 && rest[i] >= '0' && rest[i] <= '9' {
+		v = v*10 + int64(rest[i]-'0')
+		i++
+	}
+	if i == 0 || i >= len(rest) || rest[i] != ':' || (rest[0] == '0') || v < 1 || v > math.MaxInt32 {
+		return 0, "", wrapf(ErrDecrypt, "ciphertext has a malformed version: expected coffer:v<N>:<base64>")
+	}
+	body = rest[i+1:]
+	// encoding/base64 skips \r and \n even in strict mode; a ciphertext has
+	// exactly one spelling, so refuse them. (Two IndexByte scans: ContainsAny
+	// goes byte by byte and cost more than the AES-GCM of a short item.)
+	if strings.IndexByte(body, '\r') >= 0 || strings.IndexByte(body, '\n') >= 0 {
+		return 0, "", wrapf(ErrDecrypt, "ciphertext body is not valid base64: it contains a line break")
+	}
+	return int(v), body, nil
 }
 
 func newAEAD(typ string, key []byte) (cipher.AEAD, error) {
