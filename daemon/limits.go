@@ -214,6 +214,10 @@ const connKey ctxKey = 1
 func connContext(ctx context.Context, c net.Conn) context.Context {
 	cs := &connState{}
 	switch c := c.(type) {
+	case *replayConn:
+		// Handed over by the fast lane, which read the identity already
+		// (or will have: connState reads it once).
+		return context.WithValue(ctx, connKey, c.cs)
 	case *limitedConn:
 		cs.conn, cs.over, cs.uid = c.UnixConn, c.over, c.uid
 	case *net.UnixConn:
