@@ -46,6 +46,7 @@ FUZZ_TARGETS := \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \
+	./daemon:FuzzFastHead \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \

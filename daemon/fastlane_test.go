@@ -1,0 +1,377 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coffer-kms/coffer/api"
+)
+
+// rawConn is a test client speaking HTTP/1.1 by hand on the API socket.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t *testing.T, n *testNode) *rawConn {
+	t.Helper()
+	c, err := net.Dial("unix", n.cfg.Listener.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func rawRequest(method, path, body string, extra ...string) string {
+	var b strings.Builder
+	b.WriteString(method + " " + path + " HTTP/1.1\r\nHost: coffer\r\n")
+	for _, h := range extra {
+		b.WriteString(h + "\r\n")
+	}
+	b.WriteString("Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+	return b.String()
+}
+
+// roundTrip sends req and reads one answer.
+func (rc *rawConn) roundTrip(req string) *http.Response {
+	rc.t.Helper()
+	if _, err := io.WriteString(rc.c, req); err != nil {
+		rc.t.Fatal(err)
+	}
+	return rc.read()
+}
+
+func (rc *rawConn) read() *http.Response {
+	rc.t.Helper()
+	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	return resp
+}
+
+func bodyOf(r *http.Response) string {
+	b, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return string(b)
+}
+
+// errorCode returns the error code of an error answer ("" if none).
+func errorCode(body string) string {
+	var eb api.ErrorBody
+	json.Unmarshal([]byte(body), &eb)
+	return eb.Error.Code
+}
+
+// TestFastLane_SameAnswers sends each request once as the fast lane serves
+// it and once with a header the lane does not take (so net/http serves
+// it), and compares the answers: status, error body, headers.
+func TestFastLane_SameAnswers(t *testing.T) {
+	n := startNode(t, t.TempDir(), nil)
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	var wr api.WrapResult
+	n.must("POST", "/v1/keys/app/wrap", api.WrapRequest{Plaintext: []byte("hello")}, &wr, 200)
+	big := `{"plaintext":"eA=="}` + strings.Repeat(" ", api.MaxBody)
+	for _, c := range []struct {
+		what, path, body string
+		status           int
+		field, code      string
+	}{
+		{"wrap", "/v1/keys/app/wrap", `{"plaintext":"aGVsbG8="}`, 200, "ciphertext", ""},
+		{"wrap batch", "/v1/keys/app/wrap", `{"batch":[{"plaintext":"aGVsbG8="},{"plaintext":"eA=="}]}`, 200, "batch", ""},
+		{"unwrap", "/v1/keys/app/unwrap", `{"ciphertext":"` + wr.Ciphertext + `"}`, 200, "plaintext", ""},
+		{"rewrap", "/v1/keys/app/rewrap", `{"ciphertext":"` + wr.Ciphertext + `"}`, 200, "ciphertext", ""},
+		{"datakey", "/v1/keys/app/datakey", `{"bytes":16}`, 200, "ciphertext", ""},
+		{"datakey, empty body", "/v1/keys/app/datakey", ``, 200, "ciphertext", ""},
+		{"malformed JSON", "/v1/keys/app/wrap", `{"plaintext":`, 400, "", api.CodeBadRequest},
+		{"unknown field", "/v1/keys/app/wrap", `{"plaintext":"eA==","x":1}`, 400, "", api.CodeBadRequest},
+		{"unknown key", "/v1/keys/nope/wrap", `{"plaintext":"eA=="}`, 404, "", api.CodeNotFound},
+		{"bad ciphertext", "/v1/keys/app/unwrap", `{"ciphertext":"coffer:v1:AAAA"}`, 400, "", api.CodeDecryptFailed},
+		{"invalid name", "/v1/keys/-x/wrap", `{"plaintext":"eA=="}`, 400, "", api.CodeBadRequest},
+		{"body over the limit", "/v1/keys/app/wrap", big, 413, "", api.CodeTooLarge},
+	} {
+		var answers [2]*http.Response
+		for i, extra := range [][]string{nil, {"X-Not-In-The-Lane: 1"}} {
+			rc := dialRaw(t, n)
+			answers[i] = rc.roundTrip(rawRequest("POST", c.path, c.body, extra...))
+		}
+		for i, r := range answers {
+			lane := [2]string{"fast lane", "net/http"}[i]
+			body := bodyOf(r)
+			if r.StatusCode != c.status || errorCode(body) != c.code {
+				t.Errorf("%s (%s): %d %s, want %d %q", c.what, lane, r.StatusCode, body, c.status, c.code)
+			}
+			if c.field != "" && !strings.Contains(body, `"`+c.field+`":`) {
+				t.Errorf("%s (%s): answer %s has no %s", c.what, lane, body, c.field)
+			}
+			if r.Header.Get(api.HeaderRequestID) == "" || r.Header.Get("Content-Type") != "application/json" || r.Header.Get("Date") == "" {
+				t.Errorf("%s (%s): headers %v", c.what, lane, r.Header)
+			}
+			if r.ContentLength != int64(len(body)) {
+				t.Errorf("%s (%s): Content-Length %d for %d bytes", c.what, lane, r.ContentLength, len(body))
+			}
+		}
+		if c.code != "" && bodyOf(answers[0]) != bodyOf(answers[1]) {
+			t.Errorf("%s: the lanes answer differently:\n%s\n%s", c.what, bodyOf(answers[0]), bodyOf(answers[1]))
+		}
+		if answers[0].Close != answers[1].Close {
+			t.Errorf("%s: the fast lane closes %v, net/http %v", c.what, answers[0].Close, answers[1].Close)
+		}
+	}
+}
+
+// TestFastLane_KeepAliveAndHandoff: one connection carries fast requests,
+// then one the lane hands to net/http (with a head split over writes),
+// then more, which net/http serves from then on; Connection: close is
+// honoured.
+func TestFastLane_KeepAliveAndHandoff(t *testing.T) {
+	n := startNode(t, t.TempDir(), nil)
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	rc := dialRaw(t, n)
+	wrap := rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`)
+	for i := 0; i < 3; i++ {
+		if r := rc.roundTrip(wrap); r.StatusCode != 200 {
+			t.Fatalf("wrap %d: %d", i, r.StatusCode)
+		}
+	}
+	// Two pipelined requests in one write: both answered, in order.
+	if _, err := io.WriteString(rc.c, wrap+wrap); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if r := rc.read(); r.StatusCode != 200 {
+			t.Fatalf("pipelined wrap %d: %d", i, r.StatusCode)
+		}
+	}
+	// A head in pieces.
+	for _, part := range []string{"POST /v1/keys/app/wr", "ap HTTP/1.1\r\nHost: coffer\r\nContent-Le", "ngth: 20\r\n\r\n", `{"plaintext":"eA=="}`} {
+		io.WriteString(rc.c, part)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r := rc.read(); r.StatusCode != 200 {
+		t.Fatalf("split wrap: %d", r.StatusCode)
+	}
+	status := "GET /v1/sys/status HTTP/1.1\r\nHost: coffer\r\n\r\n"
+	if r := rc.roundTrip(status); r.StatusCode != 200 || !strings.Contains(bodyOf(r), `"initialized":true`) {
+		t.Fatalf("status after fast requests: %d %s", r.StatusCode, bodyOf(r))
+	}
+	if r := rc.roundTrip(wrap); r.StatusCode != 200 {
+		t.Fatalf("wrap after the handoff: %d", r.StatusCode)
+	}
+	// A browser page is refused whatever the lane.
+	if r := rc.roundTrip(rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`, "Origin: http://evil.example")); r.StatusCode != 403 {
+		t.Fatalf("request with Origin: %d", r.StatusCode)
+	}
+
+	rc = dialRaw(t, n)
+	r := rc.roundTrip(rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`, "Connection: close"))
+	if r.StatusCode != 200 || !r.Close {
+		t.Fatalf("Connection: close: %d, close %v", r.StatusCode, r.Close)
+	}
+	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rc.br.ReadByte(); err != io.EOF {
+		t.Fatalf("after Connection: close the connection is still open (%v)", err)
+	}
+}
+
+// waitClosed fails unless the server closes c between min and max from
+// start (reading and discarding whatever it sends).
+func waitClosed(t *testing.T, c net.Conn, start time.Time, min, max time.Duration, what string) {
+	t.Helper()
+	c.SetReadDeadline(start.Add(max))
+	_, err := io.Copy(io.Discard, c)
+	d := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("%s: the connection is still open after %v", what, d.Round(time.Millisecond))
+	}
+	if d < min {
+		t.Fatalf("%s: the connection was closed after %v, before its limit %v", what, d.Round(time.Millisecond), min)
+	}
+	t.Logf("%s: closed after %v", what, d.Round(time.Millisecond))
+}
+
+// TestFastLane_Limits: the issue-10 time limits hold on the fast lane: a
+// head that trickles in (slowloris), a connection that never sends a
+// request, an idle keep-alive connection, a trickling body, a caller that
+// does not read its answers.
+func TestFastLane_Limits(t *testing.T) {
+	const (
+		header = 700 * time.Millisecond
+		read   = 1500 * time.Millisecond
+		write  = time.Second
+		idle   = 1200 * time.Millisecond
+		slack  = 3 * time.Second
+	)
+	n := startNodeOpts(t, t.TempDir(), nil, func(o *Options) {
+		o.ReadTimeout, o.headerTimeout, o.writeTimeout, o.idleTimeout = read, header, write, idle
+	})
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+
+	t.Run("slow head", func(t *testing.T) {
+		rc := dialRaw(t, n)
+		start := time.Now()
+		io.WriteString(rc.c, "POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\n")
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+					if _, err := io.WriteString(rc.c, "X"); err != nil {
+						return
+					}
+				}
+			}
+		}()
+		waitClosed(t, rc.c, start, header-100*time.Millisecond, header+slack, "head trickling a byte every 100ms")
+	})
+	t.Run("no request", func(t *testing.T) {
+		rc := dialRaw(t, n)
+		waitClosed(t, rc.c, time.Now(), header-100*time.Millisecond, header+slack, "connection without a request")
+	})
+	t.Run("idle keep-alive", func(t *testing.T) {
+		rc := dialRaw(t, n)
+		if r := rc.roundTrip(rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`)); r.StatusCode != 200 {
+			t.Fatalf("wrap: %d", r.StatusCode)
+		}
+		waitClosed(t, rc.c, time.Now(), idle-100*time.Millisecond, idle+slack, "idle keep-alive connection")
+	})
+	t.Run("slow body", func(t *testing.T) {
+		rc := dialRaw(t, n)
+		start := time.Now()
+		io.WriteString(rc.c, "POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 1000\r\n\r\n{")
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+					if _, err := io.WriteString(rc.c, " "); err != nil {
+						return
+					}
+				}
+			}
+		}()
+		waitClosed(t, rc.c, start, read-200*time.Millisecond, read+slack, "body trickling a byte every 100ms")
+	})
+	t.Run("answers not read", func(t *testing.T) {
+		rc := dialRaw(t, n)
+		rc.c.(*net.UnixConn).SetReadBuffer(4096)
+		// Batch answers of ~60 KB each: the socket buffers fill after a
+		// few, and the server's write blocks.
+		var items []string
+		for i := 0; i < 800; i++ {
+			items = append(items, `{"plaintext":"eA=="}`)
+		}
+		req := rawRequest("POST", "/v1/keys/app/wrap", `{"batch":[`+strings.Join(items, ",")+`]}`)
+		start := time.Now()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			rc.c.SetWriteDeadline(start.Add(write + slack))
+			for i := 0; i < 200; i++ {
+				if _, err := io.WriteString(rc.c, req); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(write + slack/2)
+		<-done
+		// The server gave up on the connection: what it had written is
+		// there to read, then EOF.
+		waitClosed(t, rc.c, start, write, write+2*slack, "caller not reading its answers")
+	})
+}
+
+// TestFastHead_Accepts: the heads real clients send are in the lane.
+func TestFastHead_Accepts(t *testing.T) {
+	for _, head := range []string{
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 20\r\n\r\n",
+		// Go's net/http client.
+		"POST /v1/keys/app/unwrap HTTP/1.1\r\nHost: coffer\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\nAccept-Encoding: gzip\r\n\r\n",
+		// curl --unix-socket.
+		"POST /v1/keys/a.b_c-1/datakey HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+		"POST /v1/keys/k/rewrap HTTP/1.1\r\nhost: unix\r\ncontent-length: 0\r\nconnection: Keep-Alive\r\n\r\n",
+	} {
+		var h fastHead
+		if !parseFastHead([]byte(head), &h) {
+			t.Errorf("not in the lane: %q", head)
+		}
+	}
+	for _, head := range []string{
+		"GET /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.0\r\nHost: coffer\r\nContent-Length: 0\r\n\r\n",
+		"POST /v1/keys/app/wrap?x=1 HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\n\r\n",
+		"POST /v1/keys/a%70p/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: +1\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\nReferer: x\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\n folded\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\nHost: coffer\nContent-Length: 0\n\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length : 0\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\nConnection: upgrade\r\n\r\n",
+		"POST /v1/keys/app/list HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\n\r\n",
+		"POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 0\r\n",
+	} {
+		var h fastHead
+		if parseFastHead([]byte(head), &h) {
+			t.Errorf("in the lane: %q", head)
+		}
+	}
+}
+
+// FuzzFastHead: whatever the lane accepts, net/http reads as the same
+// request (method, path, host, body length, connection close), so the
+// lane never serves a request net/http would have refused or read
+// otherwise. Seeds: testdata/fuzz/FuzzFastHead.
+func FuzzFastHead(f *testing.F) {
+	f.Add([]byte("POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 20\r\n\r\n"))
+	f.Add([]byte("POST /v1/keys/k/datakey HTTP/1.1\r\nhost: unix\r\ncontent-length: 0\r\nconnection: close\r\nUser-Agent: x\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nContent-Type: application/json\r\n\r\n"))
+	f.Add([]byte("POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, head []byte) {
+		var h fastHead
+		if !parseFastHead(head, &h) {
+			return
+		}
+		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("the lane accepts %q, net/http refuses it: %v", head, err)
+		}
+		if r.Method != http.MethodPost || r.URL.Path != h.path || r.RequestURI != h.path || r.Host != h.host ||
+			r.ContentLength != h.contentLength || r.Close != h.close || len(r.TransferEncoding) != 0 || r.URL.RawQuery != "" {
+			t.Fatalf("%q: lane %+v, net/http %s %s host %q length %d close %v", head, h, r.Method, r.URL.Path, r.Host, r.ContentLength, r.Close)
+		}
+		if !cryptoPath(h.path) {
+			t.Fatalf("%q: the lane serves %s, not a crypto path", head, h.path)
+		}
+	})
+}
