@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -234,6 +235,14 @@ func (fl *fastLane) newConn(c net.Conn) *fastConn {
 func (fl *fastLane) serve(fc *fastConn) {
 	handedOff := false
 	defer func() {
+		// As net/http: a handler's panic ends its connection, not the
+		// daemon. The stack is logged, not the panic's value (it could
+		// quote a request).
+		if v := recover(); v != nil && v != http.ErrAbortHandler {
+			buf := make([]byte, 64<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			fl.s.log.Error("panic serving a request: closing its connection", "stack", string(buf))
+		}
 		fl.mu.Lock()
 		delete(fl.conns, fc)
 		fl.mu.Unlock()

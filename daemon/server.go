@@ -355,6 +355,13 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
+		select {
+		case <-s.stop:
+			// Close closed the listener; net/http may see that before
+			// its own shutdown flag.
+			return nil
+		default:
+		}
 		return err
 	}
 }
