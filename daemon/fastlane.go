@@ -293,9 +293,16 @@ func (fl *fastLane) serve(fc *fastConn) {
 		if h.contentLength == 0 {
 			fc.deadline.Store(fc.body.writeDeadline)
 		}
-		fc.url.Path = h.path
+		// A connection sends the same path and host again and again:
+		// keep the strings rather than allocate them per request.
+		if string(h.path) != fc.url.Path {
+			fc.url.Path = string(h.path)
+		}
+		if string(h.host) != fc.req.Host {
+			fc.req.Host = string(h.host)
+		}
 		r := &fc.req
-		r.Method, r.RequestURI, r.Host, r.ContentLength, r.Close = http.MethodPost, h.path, h.host, h.contentLength, h.close
+		r.Method, r.RequestURI, r.ContentLength, r.Close = http.MethodPost, fc.url.Path, h.contentLength, h.close
 		r.Body = &fc.body
 		fc.w.reset()
 		fl.s.serveHTTP(&fc.w, r)
@@ -483,6 +490,17 @@ func (w *fastWriter) flush(closeAfter bool) error {
 	return err
 }
 
+// laneAnswer reports whether w (a handler's writer) answers on the fast
+// lane, which sets Content-Length itself.
+func laneAnswer(w http.ResponseWriter) bool {
+	aw, ok := w.(*auditWriter)
+	if !ok {
+		return false
+	}
+	_, ok = aw.ResponseWriter.(*fastWriter)
+	return ok
+}
+
 // appendHeaderValue appends v with CR and LF replaced by spaces, as
 // net/http writes header values (no answer splitting whatever a handler
 // sets).
@@ -497,10 +515,11 @@ func appendHeaderValue(b []byte, v string) []byte {
 	return b
 }
 
-// fastHead is what the lane reads from a request head.
+// fastHead is what the lane reads from a request head (path and host are
+// slices of the head).
 type fastHead struct {
-	path          string
-	host          string
+	path          []byte
+	host          []byte
 	contentLength int64
 	close         bool
 }
@@ -545,7 +564,7 @@ func parseFastHead(head []byte, h *fastHead) bool {
 			if len(value) == 0 || !validHost(value) {
 				return false
 			}
-			h.host = string(value)
+			h.host = value
 		case asciiEqualFoldBytes(name, "content-length"):
 			bit = 2
 			if len(value) == 0 || len(value) > 18 {
@@ -587,7 +606,7 @@ func parseFastHead(head []byte, h *fastHead) bool {
 	if len(rest) != 0 || seen&3 != 3 {
 		return false // something after the blank line, or no Host or Content-Length
 	}
-	h.path = string(p)
+	h.path = p
 	return true
 }
 
