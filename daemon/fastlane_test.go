@@ -5,15 +5,21 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/config"
 )
 
 // rawConn is a test client speaking HTTP/1.1 by hand on the API socket.
@@ -374,4 +380,90 @@ func FuzzFastHead(f *testing.F) {
 			t.Fatalf("%q: the lane serves %s, not a crypto path", head, h.path)
 		}
 	})
+}
+
+const helperWrapSockEnv = "COFFER_TEST_KEEPALIVE_WRAP_SOCK"
+
+// TestHelperKeepAliveWraps is not a test: run by
+// TestFastLane_RevokedGrantNextRequest as another uid, it sends a wrap on
+// one connection for each line read from stdin and prints its status,
+// always on the same keep-alive connection.
+func TestHelperKeepAliveWraps(t *testing.T) {
+	sock := os.Getenv(helperWrapSockEnv)
+	if sock == "" {
+		t.Skip("helper process for TestFastLane_RevokedGrantNextRequest")
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		fmt.Println("RESULT dial-error")
+		return
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		io.WriteString(c, rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			fmt.Println("RESULT eof")
+			return
+		}
+		data, _ := io.ReadAll(resp.Body)
+		fmt.Printf("RESULT %d/%s\n", resp.StatusCode, errorCode(string(data)))
+	}
+}
+
+// TestFastLane_RevokedGrantNextRequest: the grant is checked against the
+// current policies on every request, also on the fast lane, which keeps
+// per-connection state: once a policy is deleted, the very next request
+// on the same keep-alive connection is refused; a new grant lets the next
+// one through again.
+func TestFastLane_RevokedGrantNextRequest(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to connect as another uid")
+	}
+	n := startNode(t, t.TempDir(), func(c *config.Config) { c.Listener.Mode = 0o666 })
+	os.Chmod(filepath.Dir(n.cfg.Listener.Path), 0o755)
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	grant := api.Policy{Subjects: api.Subjects{UIDs: []uint32{65534}}, Keys: []string{"app"}, Operations: []string{"wrap"}}
+	n.must("PUT", "/v1/policies/p", grant, nil, 200)
+
+	cmd := exec.Command(copyTestBinary(t), "-test.run=^TestHelperKeepAliveWraps$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperWrapSockEnv+"="+n.cfg.Listener.Path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	out := bufio.NewScanner(stdout)
+	wrap := func() string {
+		t.Helper()
+		io.WriteString(stdin, "wrap\n")
+		for out.Scan() {
+			if r, ok := strings.CutPrefix(out.Text(), "RESULT "); ok {
+				return r
+			}
+		}
+		t.Fatal("the helper printed no result")
+		return ""
+	}
+	if got := wrap(); got != "200/" {
+		t.Fatalf("granted wrap: %s", got)
+	}
+	if got := wrap(); got != "200/" {
+		t.Fatalf("second granted wrap on the connection: %s", got)
+	}
+	n.must("DELETE", "/v1/policies/p", nil, nil, 204)
+	if got := wrap(); got != "403/"+api.CodePermissionDenied {
+		t.Fatalf("wrap right after the grant was deleted, same connection: %s, want 403", got)
+	}
+	n.must("PUT", "/v1/policies/p", grant, nil, 200)
+	if got := wrap(); got != "200/" {
+		t.Fatalf("wrap after the grant was restored, same connection: %s", got)
+	}
 }
