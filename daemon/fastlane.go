@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -195,7 +194,7 @@ type fastConn struct {
 	fl  *fastLane
 	c   net.Conn
 	cs  *connState
-	br  *bufio.Reader
+	br  *laneReader
 	req http.Request
 	url url.URL
 	w   fastWriter
@@ -216,7 +215,7 @@ func (fl *fastLane) newConn(c net.Conn) *fastConn {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx = connContext(ctx, c)
-	fc := &fastConn{fl: fl, c: c, cs: ctx.Value(connKey).(*connState), br: bufio.NewReaderSize(c, fastReadBuf), cancel: cancel}
+	fc := &fastConn{fl: fl, c: c, cs: ctx.Value(connKey).(*connState), br: newLaneReader(c, fastReadBuf), cancel: cancel}
 	fc.req = http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{}}
 	fc.req = *fc.req.WithContext(ctx)
 	fc.req.URL = &fc.url
@@ -249,6 +248,7 @@ func (fl *fastLane) serve(fc *fastConn) {
 		if !handedOff {
 			fc.c.Close()
 			fc.cancel()
+			fc.br.wipe()
 		}
 		fl.wg.Done()
 	}()
@@ -318,6 +318,7 @@ func (fl *fastLane) serve(fc *fastConn) {
 				fc.body.n = 0
 			}
 		}
+		fc.br.wipeConsumed()
 		fc.deadline.Store(fc.body.writeDeadline)
 		if err := fc.w.flush(closeAfter); err != nil || closeAfter {
 			return
@@ -679,12 +680,21 @@ func asciiEqualFold(s, lower string) bool {
 // did not consume is read again first.
 type replayConn struct {
 	net.Conn
-	r      *bufio.Reader
+	r      *laneReader // nil once drained (and wiped)
 	cs     *connState
 	cancel context.CancelFunc
 }
 
-func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *replayConn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(p)
+		}
+		c.r.wipe()
+		c.r = nil
+	}
+	return c.Conn.Read(p)
+}
 
 func (c *replayConn) Close() error {
 	c.cancel()

@@ -467,3 +467,44 @@ func TestFastLane_RevokedGrantNextRequest(t *testing.T) {
 		t.Fatalf("wrap after the grant was restored, same connection: %s", got)
 	}
 }
+
+// TestLaneReader_Wipes: the lane's read buffer keeps no byte of a served
+// request: what was consumed is zeroed, a pipelined request is kept.
+func TestLaneReader_Wipes(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	secret := `{"plaintext":"c2VjcmV0IHNlY3JldCBzZWNyZXQ="}`
+	first := rawRequest("POST", "/v1/keys/app/wrap", secret)
+	second := rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`)
+	go io.WriteString(b, first+second)
+	lr := newLaneReader(a, 4096)
+	if _, err := lr.Peek(len(first) + len(second)); err != nil {
+		t.Fatal(err)
+	}
+	head := len(first) - len(secret)
+	lr.Discard(head)
+	body := make([]byte, len(secret))
+	if _, err := io.ReadFull(lr, body); err != nil || string(body) != secret {
+		t.Fatalf("body %q, %v", body, err)
+	}
+	lr.wipeConsumed()
+	if got := string(lr.buf[:lr.w]); got != second {
+		t.Fatalf("kept %q, want the pipelined request", got)
+	}
+	if bytes.Contains(lr.buf, []byte("c2VjcmV0")) || !bytes.Equal(lr.buf[lr.w:], make([]byte, len(lr.buf)-lr.w)) {
+		t.Fatal("the served request's bytes are still in the buffer")
+	}
+	lr.Discard(len(second))
+	go io.WriteString(b, "x")
+	if _, err := lr.Peek(1); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(lr.buf[1:], make([]byte, len(lr.buf)-1)) {
+		t.Fatal("refilling an empty buffer left old bytes behind")
+	}
+	lr.wipe()
+	if !bytes.Equal(lr.buf, make([]byte, len(lr.buf))) {
+		t.Fatal("wipe left bytes")
+	}
+}
