@@ -280,8 +280,12 @@ func (fl *fastLane) serve(fc *fastConn) {
 		}
 		var h fastHead
 		if !parseFastHead(head, &h) {
+			// Out of the sweeper's sight first: net/http's deadlines
+			// govern the connection from now on.
+			fl.mu.Lock()
+			delete(fl.conns, fc)
+			fl.mu.Unlock()
 			handedOff = fl.handoff.give(&replayConn{Conn: fc.c, r: fc.br, cs: fc.cs, cancel: fc.cancel})
-			fc.deadline.Store(0)
 			return
 		}
 		fc.br.Discard(len(head))
@@ -329,11 +333,13 @@ func (fl *fastLane) serve(fc *fastConn) {
 // readHead returns the request head (through the blank line) at the start
 // of br without consuming it. A head that does not fit br comes back
 // as is, unterminated: parseFastHead refuses it and net/http reads it.
+// A blank line of a bare LF ends a head too (net/http accepts them): the
+// head is then refused, not waited on.
 func (fc *fastConn) readHead() ([]byte, error) {
 	for {
 		b, _ := fc.br.Peek(fc.br.Buffered())
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			return b[:i+4], nil
+		if i := headEnd(b); i >= 0 {
+			return b[:i], nil
 		}
 		if len(b) >= fc.br.Size() {
 			return b, nil
@@ -342,6 +348,23 @@ func (fc *fastConn) readHead() ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// headEnd returns the length of the head at the start of b, through its
+// first blank line ("\n\n" or "\n\r\n"), or -1.
+func headEnd(b []byte) int {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if i+1 < len(b) && b[i+1] == '\n' {
+			return i + 2
+		}
+		if i+2 < len(b) && b[i+1] == '\r' && b[i+2] == '\n' {
+			return i + 3
+		}
+	}
+	return -1
 }
 
 // fastBody is a request's body: the next n bytes of the connection.

@@ -176,6 +176,11 @@ func TestFastLane_KeepAliveAndHandoff(t *testing.T) {
 	if r := rc.read(); r.StatusCode != 200 {
 		t.Fatalf("split wrap: %d", r.StatusCode)
 	}
+	// Bare LF line ends (net/http takes them; the lane hands them over
+	// at once rather than wait for a CRLF blank line).
+	if r := rc.roundTrip("POST /v1/keys/app/wrap HTTP/1.1\nHost: coffer\nContent-Length: 20\n\n" + `{"plaintext":"eA=="}`); r.StatusCode != 200 {
+		t.Fatalf("wrap with bare LF line ends: %d", r.StatusCode)
+	}
 	status := "GET /v1/sys/status HTTP/1.1\r\nHost: coffer\r\n\r\n"
 	if r := rc.roundTrip(status); r.StatusCode != 200 || !strings.Contains(bodyOf(r), `"initialized":true`) {
 		t.Fatalf("status after fast requests: %d %s", r.StatusCode, bodyOf(r))
