@@ -513,3 +513,43 @@ func TestLaneReader_Wipes(t *testing.T) {
 		t.Fatal("wipe left bytes")
 	}
 }
+
+// TestFastLane_MalformedInput: broken, truncated and hostile inputs get an
+// answer or a closed connection (never a hang or a panic), and the node
+// serves the next caller.
+func TestFastLane_MalformedInput(t *testing.T) {
+	n := startNode(t, t.TempDir(), nil)
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	head := "POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\n"
+	for _, in := range []string{
+		"\x00\x01\x02\xff\r\n\r\n",
+		head + strings.Repeat("A", 6000),
+		head + "Content-Length: 5000\r\n\r\n{\"plaintext\":",                             // body cut short
+		head + "Content-Length: 99999999999999999\r\n\r\n{}",                             // over every limit
+		head + "Content-Length: 2\r\n\r\n{}",                                             // empty object
+		head + "Content-Length: 20\r\n\r\n" + `{"plaintext":"eA=="}` + "GARBAGE\r\n\r\n", // junk pipelined after
+		"POST /v1/keys/app/wrap HTTP/1.1\r\n\r\n",
+		head + "Content-Length: 1\r\nContent-Length: 2\r\n\r\n{}",
+		head + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pla\r\n0\r\n\r\n",
+		"\r\n\r\n\r\n",
+	} {
+		c, err := net.Dial("unix", n.cfg.Listener.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, in)
+		c.(*net.UnixConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("input %.40q: neither answered nor closed within 5s", in)
+		}
+		c.Close()
+	}
+	n.must("POST", "/v1/keys/app/wrap", api.WrapRequest{Plaintext: []byte("x")}, nil, 200)
+	if strings.Contains(n.logString(), "panic") {
+		t.Fatalf("a panic was logged:\n%s", n.logString())
+	}
+}
