@@ -74,8 +74,11 @@ type fastLane struct {
 	ln      net.Listener // the counting listener (limits.go)
 	handoff *handoffListener
 
-	now  atomic.Int64           // unix nanoseconds, advanced by the sweeper
-	date atomic.Pointer[[]byte] // "Date: …\r\n" of the current second
+	// base is the lane's epoch: deadlines are monotonic nanoseconds since
+	// it (clock), so that a wall-clock step neither closes connections
+	// early nor keeps them late.
+	base time.Time
+	date atomic.Pointer[[]byte] // "Date: …\r\n" of the current second, advanced by the sweeper
 
 	mu       sync.Mutex
 	conns    map[*fastConn]struct{}
@@ -93,7 +96,8 @@ func newFastLane(s *Server, ln net.Listener) *fastLane {
 		headerTimeout: s.headerTimeout, readTimeout: s.readTimeout, writeTimeout: s.writeTimeout, idleTimeout: s.idleTimeout,
 	}
 	fl.handoff = &handoffListener{ln: ln, ch: make(chan net.Conn), done: make(chan struct{})}
-	fl.tick(time.Now())
+	fl.base = time.Now()
+	fl.tick(fl.base)
 	return fl
 }
 
@@ -124,8 +128,11 @@ func (fl *fastLane) run() {
 	}
 }
 
+// clock is the lane's time: exact (a deadline never comes early), read a
+// few times per request (as cheap as time.Now).
+func (fl *fastLane) clock() int64 { return int64(time.Since(fl.base)) }
+
 func (fl *fastLane) tick(t time.Time) {
-	fl.now.Store(t.UnixNano())
 	d := fl.date.Load()
 	if d == nil || string((*d)[6:35]) != t.UTC().Format(http.TimeFormat) {
 		b := []byte("Date: " + t.UTC().Format(http.TimeFormat) + "\r\n")
@@ -144,7 +151,7 @@ func (fl *fastLane) sweep() {
 			return
 		case now := <-t.C:
 			fl.tick(now)
-			n := now.UnixNano()
+			n := fl.clock()
 			late = late[:0]
 			fl.mu.Lock()
 			for fc := range fl.conns {
@@ -200,9 +207,9 @@ type fastConn struct {
 	w   fastWriter
 	// body reads the request body from br: Content-Length bytes.
 	body fastBody
-	// deadline (unix nanoseconds, 0: none) is checked by the sweeper.
+	// deadline (fastLane.clock, 0: none) is checked by the sweeper.
 	deadline atomic.Int64
-	start    int64 // lane clock at accept
+	start    int64 // fastLane.clock at accept
 	idle     atomic.Bool
 	cancel   context.CancelFunc
 }
@@ -224,7 +231,7 @@ func (fl *fastLane) newConn(c net.Conn) *fastConn {
 	fc.w.header = http.Header{}
 	// A new connection must send its first head within the header timeout,
 	// as with net/http.
-	fc.start = fl.now.Load()
+	fc.start = fl.clock()
 	fc.deadline.Store(fc.start + int64(fl.headerTimeout))
 	fl.conns[fc] = struct{}{}
 	fl.wg.Add(1)
@@ -258,7 +265,7 @@ func (fl *fastLane) serve(fc *fastConn) {
 	for {
 		if fc.br.Buffered() == 0 {
 			if !first {
-				fc.deadline.Store(fl.now.Load() + int64(fl.idleTimeout))
+				fc.deadline.Store(fl.clock() + int64(fl.idleTimeout))
 			}
 			fc.idle.Store(true)
 			if fl.closing.Load() {
@@ -270,7 +277,7 @@ func (fl *fastLane) serve(fc *fastConn) {
 			fc.idle.Store(false)
 		}
 		if !first {
-			t0 = fl.now.Load()
+			t0 = fl.clock()
 			fc.deadline.Store(t0 + int64(fl.headerTimeout))
 		}
 		first = false

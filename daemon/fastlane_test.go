@@ -232,6 +232,9 @@ func TestFastLane_Limits(t *testing.T) {
 		write  = time.Second
 		idle   = 1200 * time.Millisecond
 		slack  = 3 * time.Second
+		// early: the server's clock starts a limit at accept or after its
+		// write, a moment before or after the test's own start.
+		early = 50 * time.Millisecond
 	)
 	n := startNodeOpts(t, t.TempDir(), nil, func(o *Options) {
 		o.ReadTimeout, o.headerTimeout, o.writeTimeout, o.idleTimeout = read, header, write, idle
@@ -257,18 +260,22 @@ func TestFastLane_Limits(t *testing.T) {
 				}
 			}
 		}()
-		waitClosed(t, rc.c, start, header-100*time.Millisecond, header+slack, "head trickling a byte every 100ms")
+		waitClosed(t, rc.c, start, header-early, header+slack, "head trickling a byte every 100ms")
 	})
 	t.Run("no request", func(t *testing.T) {
+		start := time.Now()
 		rc := dialRaw(t, n)
-		waitClosed(t, rc.c, time.Now(), header-100*time.Millisecond, header+slack, "connection without a request")
+		waitClosed(t, rc.c, start, header-early, header+slack, "connection without a request")
 	})
 	t.Run("idle keep-alive", func(t *testing.T) {
 		rc := dialRaw(t, n)
 		if r := rc.roundTrip(rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`)); r.StatusCode != 200 {
 			t.Fatalf("wrap: %d", r.StatusCode)
 		}
-		waitClosed(t, rc.c, time.Now(), idle-100*time.Millisecond, idle+slack, "idle keep-alive connection")
+		// The idle time starts once the answer is written, before the
+		// client has read it.
+		start := time.Now()
+		waitClosed(t, rc.c, start, idle-early, idle+slack, "idle keep-alive connection")
 	})
 	t.Run("slow body", func(t *testing.T) {
 		rc := dialRaw(t, n)
@@ -288,7 +295,7 @@ func TestFastLane_Limits(t *testing.T) {
 				}
 			}
 		}()
-		waitClosed(t, rc.c, start, read-200*time.Millisecond, read+slack, "body trickling a byte every 100ms")
+		waitClosed(t, rc.c, start, read-early, read+slack, "body trickling a byte every 100ms")
 	})
 	t.Run("answers not read", func(t *testing.T) {
 		rc := dialRaw(t, n)
