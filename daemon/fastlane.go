@@ -27,8 +27,8 @@ import (
 // starts a goroutine that reads the connection in the background and stops
 // it again, and moves three timers (read, write and idle deadlines). The
 // lane parses a request head in place, writes an answer with one write(2),
-// and bounds a connection's time with one atomic store per phase checked
-// by a sweeper (below) instead of timers.
+// and bounds a connection's time with a deadline per phase (a clock read
+// and an atomic store) checked by a sweeper (below) instead of timers.
 //
 // What it accepts is deliberately narrow, so that it never decides
 // anything net/http would decide differently: an HTTP/1.1 POST whose path
@@ -53,10 +53,11 @@ import (
 // request from the start of its head until its body is read readTimeout,
 // and until its answer is written writeTimeout. The sweeper closes a
 // connection past its deadline (every sweepInterval), which ends any read
-// or write blocked on it; the cost on the request path is an atomic store.
+// or write blocked on it. A deadline never comes early and is enforced at
+// most one sweep late.
 
-// sweepInterval is how often the sweeper checks deadlines and advances the
-// lane's clock: a limit is enforced within it.
+// sweepInterval is how often the sweeper checks deadlines (and renews the
+// Date header): a limit is enforced within it.
 const sweepInterval = 100 * time.Millisecond
 
 // maxDiscard is how much of a body the handler did not read is skipped to
