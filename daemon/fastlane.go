@@ -109,9 +109,11 @@ func (fl *fastLane) run() {
 	for {
 		c, err := fl.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: as net/http does.
+			// Out of file descriptors (EMFILE) and the like are temporary:
+			// wait and accept again, as net/http does, rather than stop
+			// serving.
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				time.Sleep(backoff)
 				continue

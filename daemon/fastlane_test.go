@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -558,5 +560,59 @@ func TestFastLane_MalformedInput(t *testing.T) {
 	n.must("POST", "/v1/keys/app/wrap", api.WrapRequest{Plaintext: []byte("x")}, nil, 200)
 	if strings.Contains(n.logString(), "panic") {
 		t.Fatalf("a panic was logged:\n%s", n.logString())
+	}
+}
+
+// flakyListener fails its first Accept with a temporary error (as accept
+// does with EMFILE), then accepts from ln.
+type flakyListener struct {
+	net.Listener
+	calls atomic.Int32
+}
+
+type temporaryError struct{}
+
+func (temporaryError) Error() string   { return "accept: too many open files" }
+func (temporaryError) Timeout() bool   { return false }
+func (temporaryError) Temporary() bool { return true }
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.calls.Add(1) == 1 {
+		return nil, temporaryError{}
+	}
+	return l.Listener.Accept()
+}
+
+// TestFastLane_TemporaryAcceptError: a temporary accept error (out of file
+// descriptors) makes the lane wait and accept again, as net/http does; it
+// must not stop serving the socket.
+func TestFastLane_TemporaryAcceptError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := newFastLane(&Server{headerTimeout: time.Second, readTimeout: time.Second, writeTimeout: time.Second, idleTimeout: time.Second}, &flakyListener{Listener: ln})
+	done := make(chan struct{})
+	go func() { fl.run(); close(done) }()
+	defer func() { fl.shutdown(context.Background()); <-done }()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // the lane's connection ends at once: nothing to serve
+	// Accept number 1 failed, 2 took c, 3 waits for the next: the loop
+	// went on.
+	deadline := time.Now().Add(5 * time.Second)
+	for fl.handoff.ln.(*flakyListener).calls.Load() < 3 {
+		select {
+		case <-fl.handoff.done:
+			t.Fatal("the lane stopped serving after a temporary accept error")
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the lane did not accept again after a temporary error")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
