@@ -311,6 +311,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	s.ln = ln
+	// The fast lane accepts every connection and gives net/http those it
+	// does not serve (fastlane.go). Made here, started below: Close shuts
+	// it down whenever s.http is set.
+	s.fast = newFastLane(s, ln)
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		ConnContext:       connContext,
@@ -340,9 +344,6 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		s.every(time.Second, s.seal.RetryAutoUnseal)
 	}
 	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
-	// The fast lane accepts every connection and gives net/http those it
-	// does not serve (fastlane.go).
-	s.fast = newFastLane(s, ln)
 	go s.fast.run()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.fast.handoff) }()
