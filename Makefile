@@ -48,6 +48,7 @@ FUZZ_TARGETS := \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \
 	./daemon:FuzzBatchEncode \
+	./daemon:FuzzFastHead \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \

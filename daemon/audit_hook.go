@@ -265,7 +265,7 @@ func (s *Server) finishRequest(rc *reqCtx, status int) error {
 	}
 	if !ra.skip && !coalesced {
 		e := &audit.Entry{
-			Type: audit.TypeRequest, RequestID: rc.id, Operation: op, Caller: auditCaller(rc.caller),
+			Type: audit.TypeRequest, RequestID: rc.id, Operation: op, Caller: rc.auditCaller(),
 			Key: ra.key, KeyVersion: ra.keyVersion, Outcome: outcome, HMAC: ra.hmac, Detail: ra.detail,
 		}
 		if outcome != audit.OutcomeOK {
@@ -339,6 +339,15 @@ func accountableUnit(c *auth.Caller) string {
 		return ""
 	}
 	return c.Unit
+}
+
+// auditCaller is auditCaller(rc.caller), the connection's copy when there
+// is one.
+func (rc *reqCtx) auditCaller() *audit.Caller {
+	if cs := rc.conn; cs != nil && cs.caller == rc.caller && cs.audit != nil {
+		return cs.audit
+	}
+	return auditCaller(rc.caller)
 }
 
 func auditCaller(c *auth.Caller) *audit.Caller {

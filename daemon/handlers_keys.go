@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/coffer-kms/coffer/api"
@@ -227,17 +228,27 @@ func (s *Server) handleWrap(rc *reqCtx) error {
 	return s.wrapBatch(rc, &req, sc) // batch.go
 }
 
-// writeWrapResult encodes a single wrap or rewrap answer by hand (see
-// writeWrapBatch): this is the hottest path of the daemon.
+// writeWrapResult encodes a single wrap or rewrap answer by hand
+// (ciphertexts are ASCII from a fixed alphabet: no escaping; batches are
+// encoded in batch.go): this is the hottest path of the daemon.
 func writeWrapResult(w http.ResponseWriter, r keystore.Result) {
-	buf := make([]byte, 0, len(r.Ciphertext)+48)
-	buf = append(buf, `{"ciphertext":"`...)
+	bp := wrapAnswerPool.Get().(*[]byte)
+	buf := append((*bp)[:0], `{"ciphertext":"`...)
 	buf = append(buf, r.Ciphertext...)
 	buf = append(buf, `","key_version":`...)
 	buf = strconv.AppendInt(buf, int64(r.Version), 10)
 	buf = append(buf, "}\n"...)
+	// Both lanes copy the answer before Write returns.
 	writeRaw(w, http.StatusOK, buf)
+	if cap(buf) <= 4096 {
+		*bp = buf[:0]
+		wrapAnswerPool.Put(bp)
+	}
 }
+
+// wrapAnswerPool recycles the buffers of single wrap and rewrap answers
+// (ciphertexts: nothing secret to zero).
+var wrapAnswerPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
 // ciphertextItem validates a single-item unwrap or rewrap body.
 func ciphertextItem(req *api.CiphertextRequest) ([]keystore.Item, error) {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/coffer-kms/coffer/api"
 	"github.com/coffer-kms/coffer/cluster"
@@ -56,6 +57,10 @@ type reqCtx struct {
 	aw     auditWriter // wraps w: writes the audit entry before the answer
 	au     reqAudit    // what the audit entry records (audit_hook.go)
 	conn   *connState  // nil for a request not from a served connection
+	// idBuf holds id's bytes and idHdr the X-Request-Id header value: one
+	// allocation for the request instead of three.
+	idBuf [32]byte
+	idHdr [1]string
 	// bodyLimit is api.MaxBody once the grant check passed; 0 means
 	// api.MaxOpenBody (limits.go).
 	bodyLimit int64
@@ -170,8 +175,24 @@ func (s *Server) newRequestID() string {
 	return s.reqPrefix + "-" + strconv.FormatUint(s.reqSeq.Add(1), 16)
 }
 
+// setRequestID gives rc its request id, held in rc itself. rc is never
+// reused, so the string stays valid and unchanged as long as anything
+// refers to it (the GC keeps rc alive through it).
+func (s *Server) setRequestID(rc *reqCtx) {
+	b := append(rc.idBuf[:0], s.reqPrefix...)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, s.reqSeq.Add(1), 16)
+	if &b[0] != &rc.idBuf[0] {
+		rc.id = string(b) // a prefix longer than idBuf (never, with 8 hex digits)
+	} else {
+		rc.id = unsafe.String(&rc.idBuf[0], len(b))
+	}
+	rc.idHdr[0] = rc.id
+}
+
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	rc := &reqCtx{w: w, r: r, id: s.newRequestID(), start: time.Now()}
+	rc := &reqCtx{w: w, r: r, start: time.Now()}
+	s.setRequestID(rc)
 	rc.caller, rc.conn = callerOf(r)
 	// A write forwarded to the leader names its caller there (audit). The
 	// crypto operations never write through raft (a catch-up is a read
@@ -180,7 +201,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !cryptoPath(r.URL.Path) {
 		rc.r = r.WithContext(cluster.WithOrigin(r.Context(), originOf(rc)))
 	}
-	w.Header()[api.HeaderRequestID] = []string{rc.id}
+	w.Header()[api.HeaderRequestID] = rc.idHdr[:]
 	status := http.StatusServiceUnavailable
 	if s.beginAudit(rc) {
 		status = s.endAudit(rc, s.dispatch(rc))
@@ -406,7 +427,9 @@ var contentTypeJSON = []string{"application/json"}
 func writeRaw(w http.ResponseWriter, status int, b []byte) {
 	h := w.Header()
 	h["Content-Type"] = contentTypeJSON
-	h.Set("Content-Length", strconv.Itoa(len(b)))
+	if !laneAnswer(w) { // the fast lane sets it from what is written
+		h.Set("Content-Length", strconv.Itoa(len(b)))
+	}
 	w.WriteHeader(status)
 	w.Write(b)
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/coffer-kms/coffer/api"
+	"github.com/coffer-kms/coffer/daemon/audit"
 	"github.com/coffer-kms/coffer/daemon/auth"
 )
 
@@ -194,6 +195,9 @@ type connState struct {
 	uid    uint32
 	once   sync.Once
 	caller *auth.Caller
+	// audit is caller as audit entries record it: built once for all the
+	// connection's requests (the audit writer does not modify it).
+	audit *audit.Caller
 }
 
 func (cs *connState) identify() *auth.Caller {
@@ -203,6 +207,7 @@ func (cs *connState) identify() *auth.Caller {
 		}
 		// An error leaves no identity: only the open endpoints answer.
 		cs.caller, _ = auth.CallerFromConn(cs.conn)
+		cs.audit = auditCaller(cs.caller)
 	})
 	return cs.caller
 }
@@ -214,6 +219,10 @@ const connKey ctxKey = 1
 func connContext(ctx context.Context, c net.Conn) context.Context {
 	cs := &connState{}
 	switch c := c.(type) {
+	case *replayConn:
+		// Handed over by the fast lane, which read the identity already
+		// (or will have: connState reads it once).
+		return context.WithValue(ctx, connKey, c.cs)
 	case *limitedConn:
 		cs.conn, cs.over, cs.uid = c.UnixConn, c.over, c.uid
 	case *net.UnixConn:

@@ -48,6 +48,9 @@ type Options struct {
 	// ReadTimeout bounds reading one request, headers and body (default
 	// 30s); tests shorten it.
 	ReadTimeout time.Duration
+	// headerTimeout, writeTimeout and idleTimeout override the limits.go
+	// defaults (tests of the limits).
+	headerTimeout, writeTimeout, idleTimeout time.Duration
 	// NonceBudget overrides keystore.DefaultNonceBudget (tests).
 	NonceBudget uint64
 	// NonceInterval is how often encryption counts are persisted and
@@ -94,6 +97,10 @@ type Server struct {
 	telemetry      *http.Server // the Prometheus TCP listener, nil without (telemetry.go)
 	telemetryAddr  string
 	readTimeout    time.Duration // Options.ReadTimeout
+	headerTimeout  time.Duration // the limits of limits.go (tests shorten them)
+	writeTimeout   time.Duration
+	idleTimeout    time.Duration
+	fast           *fastLane     // the API socket's fast lane (fastlane.go)
 	nonceInterval  time.Duration // Options.NonceInterval
 	kms            *kmsv2.Server // nil without a kms_v2 block (kmsv2.go)
 	stop           chan struct{}
@@ -154,6 +161,16 @@ func New(opts Options) (*Server, error) {
 	s.readTimeout = opts.ReadTimeout
 	if s.readTimeout == 0 {
 		s.readTimeout = defaultReadTimeout
+	}
+	s.headerTimeout, s.writeTimeout, s.idleTimeout = readHeaderTimeout, writeTimeout, idleTimeout
+	if opts.headerTimeout > 0 {
+		s.headerTimeout = opts.headerTimeout
+	}
+	if opts.writeTimeout > 0 {
+		s.writeTimeout = opts.writeTimeout
+	}
+	if opts.idleTimeout > 0 {
+		s.idleTimeout = opts.idleTimeout
 	}
 	s.deviceInterval = opts.DeviceCheckInterval
 	if s.deviceInterval == 0 {
@@ -294,13 +311,17 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	s.ln = ln
+	// The fast lane accepts every connection and gives net/http those it
+	// does not serve (fastlane.go). Made here, started below: Close shuts
+	// it down whenever s.http is set.
+	s.fast = newFastLane(s, ln)
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		ConnContext:       connContext,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: s.headerTimeout,
 		ReadTimeout:       s.readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
+		WriteTimeout:      s.writeTimeout,
+		IdleTimeout:       s.idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          s.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
@@ -323,8 +344,9 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 		s.every(time.Second, s.seal.RetryAutoUnseal)
 	}
 	s.log.Info("serving", "socket", ln.Addr().String(), "node-id", s.cfg.NodeID)
+	go s.fast.run()
 	errc := make(chan error, 1)
-	go func() { errc <- s.http.Serve(ln) }()
+	go func() { errc <- s.http.Serve(s.fast.handoff) }()
 	select {
 	case <-ctx.Done():
 		s.Close()
@@ -333,6 +355,13 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	case err := <-errc:
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil
+		}
+		select {
+		case <-s.stop:
+			// Close closed the listener; net/http may see that before
+			// its own shutdown flag.
+			return nil
+		default:
 		}
 		return err
 	}
@@ -348,7 +377,11 @@ func (s *Server) Close() error {
 		s.bgMu.Unlock()
 		if s.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); s.fast.shutdown(ctx) }()
 			s.http.Shutdown(ctx)
+			wg.Wait()
 			cancel()
 			s.closeTelemetry()
 		}

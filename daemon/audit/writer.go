@@ -174,8 +174,12 @@ type Writer struct {
 	entries     atomic.Uint64
 	writeErrors atomic.Uint64
 	refused     atomic.Uint64
-	headSeq     atomic.Uint64
-	headHash    atomic.Pointer[string]
+	// headMu guards the head last written, for Head: a lock of its own,
+	// so that status never waits behind a write or a recovery, and no
+	// allocation per entry (an atomic pointer to the hash was one).
+	headMu   sync.Mutex
+	headSeq  uint64
+	headHash string
 }
 
 // Open starts a writer for cfg.Path, continuing the chain found at the end
@@ -436,7 +440,8 @@ func (w *Writer) encodeLocked(b []byte, e *Entry) []byte {
 	e.HMAC = boundMap(e.HMAC)
 	e.Detail = boundMap(e.Detail)
 	e.Key, e.Operation, e.RequestID = bound(e.Key), bound(e.Operation), bound(e.RequestID)
-	if e.Caller != nil {
+	if e.Caller != nil && len(e.Caller.Unit) > MaxValue {
+		// A copy: the caller's struct may be shared (one per connection).
 		c := *e.Caller
 		c.Unit = bound(c.Unit)
 		e.Caller = &c
@@ -617,17 +622,18 @@ func (w *Writer) Refuse() error {
 // Head returns the seq and hash of the last entry written to the file (0
 // and GenesisHash before the first).
 func (w *Writer) Head() (uint64, string) {
-	h := w.headHash.Load()
-	if h == nil {
+	w.headMu.Lock()
+	defer w.headMu.Unlock()
+	if w.headHash == "" {
 		return 0, GenesisHash
 	}
-	return w.headSeq.Load(), *h
+	return w.headSeq, w.headHash
 }
 
 func (w *Writer) publishLocked() {
-	hash := w.wHash
-	w.headSeq.Store(w.wSeq)
-	w.headHash.Store(&hash)
+	w.headMu.Lock()
+	w.headSeq, w.headHash = w.wSeq, w.wHash
+	w.headMu.Unlock()
 }
 
 // Stats returns the writer's counters.
