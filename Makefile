@@ -43,6 +43,7 @@ FUZZ_TARGETS := \
 	./keystore:FuzzParseCiphertext \
 	./keystore:FuzzXAESOpen \
 	./keystore:FuzzDecodeCommand \
+	./keystore:FuzzSnapshotEncode \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \

@@ -746,10 +746,10 @@ func (ks *Keystore) Snapshot() *Snapshot {
 	return s
 }
 
-// WriteTo writes the snapshot as JSON.
+// WriteTo writes the snapshot as JSON (streamed: snapenc.go).
 func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
-	err := json.NewEncoder(cw).Encode(s)
+	err := s.writeJSON(cw, nil)
 	return cw.n, err
 }
 
@@ -925,14 +925,10 @@ func (ks *Keystore) SnapshotTo() func(io.Writer) error {
 	k, _ := ks.macKeyLocked()
 	ks.mu.RUnlock()
 	return func(w io.Writer) error {
-		if k != nil {
-			defer clear(k)
-			if err := s.authenticate(k); err != nil {
-				return err
-			}
-		}
-		_, err := s.WriteTo(w)
-		return err
+		// A sealed node's k is nil: no MAC (see above). Otherwise the MAC
+		// is computed from the bytes as they are written (one pass).
+		defer clear(k)
+		return s.writeJSON(w, k)
 	}
 }
 
