@@ -20,7 +20,7 @@ func TestNew_ZeroedAndReused(t *testing.T) {
 	copy(b.Bytes(), bytes.Repeat([]byte{0xAA}, 32))
 	slot := b.slot
 	b.Destroy()
-	if !bytes.Equal(slot, make([]byte, SlotSize)) {
+	if len(slot) != SlotSize || !bytes.Equal(slot, make([]byte, SlotSize)) {
 		t.Fatal("Destroy did not zero the slot")
 	}
 	b.Destroy() // second Destroy is a no-op
@@ -56,5 +56,50 @@ func TestNew_LargeAndMany(t *testing.T) {
 	}
 	if _, err := New(0); err == nil {
 		t.Fatal("New(0) succeeded")
+	}
+}
+
+// TestNew_SizeClasses: a buffer takes its size rounded up to SlotSize, not
+// a page nor a fixed slot (locked memory counts in RSS: a key of 3
+// versions holds 96 bytes); buffers of every class stay apart, and a
+// freed slot is reused for its own class only.
+func TestNew_SizeClasses(t *testing.T) {
+	var bufs []*Buf
+	for n := 1; n <= MaxSlot+1; n += 7 {
+		b, err := New(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := (n + SlotSize - 1) / SlotSize * SlotSize
+		if n > MaxSlot {
+			want = roundPage(n)
+		}
+		if len(b.Bytes()) != n || cap(b.Bytes()) != n || len(b.slot) != want {
+			t.Fatalf("New(%d): len %d cap %d slot %d, want slot %d", n, len(b.Bytes()), cap(b.Bytes()), len(b.slot), want)
+		}
+		for i := range b.Bytes() {
+			b.Bytes()[i] = byte(n)
+		}
+		bufs = append(bufs, b)
+	}
+	for _, b := range bufs {
+		n := len(b.Bytes())
+		if !bytes.Equal(b.Bytes(), bytes.Repeat([]byte{byte(n)}, n)) {
+			t.Fatalf("buffer of %d bytes overwritten by another", n)
+		}
+	}
+	b96, _ := New(96)
+	slot := &b96.slot[0]
+	b96.Destroy()
+	b64, _ := New(64)
+	if &b64.slot[0] == slot {
+		t.Fatal("a 96-byte slot was handed out for 64 bytes")
+	}
+	again, _ := New(90)
+	if &again.slot[0] != slot {
+		t.Fatal("a freed 96-byte slot was not reused for its class")
+	}
+	for _, b := range append(bufs, b64, again) {
+		b.Destroy()
 	}
 }
