@@ -827,6 +827,9 @@ func (ks *Keystore) loadRecordLocked(path string, e Entry) error {
 			return err
 		}
 		if old := ks.keys[k.meta.Name]; old != nil {
+			if old.latestCtr.Load() != nil && old.latest() != k.latest() {
+				ks.nonces.forgetUnused(old.meta.Name, old.latest())
+			}
 			old.destroy()
 		}
 		ks.keys[k.meta.Name] = k
@@ -855,6 +858,9 @@ func (ks *Keystore) dropRecordLocked(path string) {
 	case strings.HasPrefix(path, "keys/"):
 		name := strings.TrimPrefix(path, "keys/")
 		if k := ks.keys[name]; k != nil {
+			if k.latestCtr.Load() != nil {
+				ks.nonces.forgetUnused(name, k.latest())
+			}
 			k.destroy()
 			delete(ks.keys, name)
 		}
