@@ -1,0 +1,285 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coffer-kms/coffer/api"
+)
+
+// memFigures is where a cofferd's memory is, from /proc/PID/smaps and the
+// Go runtime's own figures (GET /v1/sys/metrics), in bytes.
+type memFigures struct {
+	RSS, HWM  int64 // VmRSS, VmHWM (peak)
+	Anon      int64 // anonymous: Go heap, stacks, runtime metadata, locked key memory
+	Locked    int64 // mlocked (key material, internal/lockedmem)
+	RaftDB    int64 // resident pages of the raft.db mapping (bbolt mmap)
+	Text      int64 // resident pages of the cofferd binary
+	OtherFile int64 // other file mappings (shared libraries)
+	DBSize    int64 // size of raft.db on disk
+	// Go runtime (go_memstats_*).
+	HeapAlloc, HeapInuse, HeapIdle, HeapReleased, GoSys float64
+}
+
+func (m memFigures) String() string {
+	mb := func(v int64) string { return fmt.Sprintf("%.1f", float64(v)/1e6) }
+	mbf := func(v float64) string { return fmt.Sprintf("%.1f", v/1e6) }
+	return fmt.Sprintf("RSS %s MB (peak %s) = anon %s [locked %s] + raft.db mmap %s + binary %s + libs %s; raft.db file %s MB; Go heap alloc %s, in use %s, idle %s (released %s), sys %s MB",
+		mb(m.RSS), mb(m.HWM), mb(m.Anon), mb(m.Locked), mb(m.RaftDB), mb(m.Text), mb(m.OtherFile), mb(m.DBSize),
+		mbf(m.HeapAlloc), mbf(m.HeapInuse), mbf(m.HeapIdle), mbf(m.HeapReleased), mbf(m.GoSys))
+}
+
+// memOf reads d's memory figures.
+func memOf(t *testing.T, d *daemon) memFigures {
+	t.Helper()
+	var m memFigures
+	pid := d.cmd.Process.Pid
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(st), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 2 {
+				v, _ := strconv.ParseInt(f[1], 10, 64)
+				switch f[0] {
+				case "VmRSS:":
+					m.RSS = v << 10
+				case "VmHWM:":
+					m.HWM = v << 10
+				}
+			}
+		}
+	}
+	smaps, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	var cur *int64
+	sc := bufio.NewScanner(bytes.NewReader(smaps))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], ":") { // a mapping's header line
+			path := ""
+			if len(f) >= 6 {
+				path = f[5]
+			}
+			switch {
+			case path == "" || strings.HasPrefix(path, "["):
+				cur = &m.Anon
+			case strings.HasSuffix(path, "raft.db"):
+				cur = &m.RaftDB
+			case path == exe:
+				cur = &m.Text
+			default:
+				cur = &m.OtherFile
+			}
+			continue
+		}
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "Rss:":
+			*cur += v << 10
+		case "Locked:":
+			m.Locked += v << 10
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(d.dir, "data", "raft", "raft.db")); err == nil {
+		m.DBSize = fi.Size()
+	}
+	_, _, body := d.api("GET", "/v1/sys/metrics", "")
+	for _, l := range strings.Split(string(body), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "go_memstats_heap_alloc_bytes":
+			m.HeapAlloc = v
+		case "go_memstats_heap_inuse_bytes":
+			m.HeapInuse = v
+		case "go_memstats_heap_idle_bytes":
+			m.HeapIdle = v
+		case "go_memstats_heap_released_bytes":
+			m.HeapReleased = v
+		case "go_memstats_sys_bytes":
+			m.GoSys = v
+		}
+	}
+	return m
+}
+
+// loadKeys creates keys k1…kN with the given number of versions (a create
+// and versions-1 rotations), 24 clients spread over the nodes, and returns
+// how many writes failed.
+func loadKeys(t *testing.T, nodes []*daemon, nKeys, versions int) int64 {
+	var failed atomic.Int64
+	for round := 0; round < versions; round++ {
+		t0 := time.Now()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for w := 0; w < 24; w++ {
+			wg.Add(1)
+			d := nodes[w%len(nodes)]
+			go func() {
+				defer wg.Done()
+				for {
+					i := next.Add(1)
+					if i > int64(nKeys) {
+						return
+					}
+					url, body, want := "http://coffer/v1/keys", fmt.Sprintf(`{"name":"k%d"}`, i), 201
+					if round > 0 {
+						url, body, want = fmt.Sprintf("http://coffer/v1/keys/k%d/rotate", i), "", 200
+					}
+					// A write whose outcome is unknown (a leader change
+					// under load) is retried once the key shows it did not
+					// apply, so that every key ends with its versions.
+					for try := 0; try < 10; try++ {
+						if try > 0 {
+							st, _, kb := d.api("GET", fmt.Sprintf("/v1/keys/k%d", i), "")
+							var k api.Key
+							json.Unmarshal(kb, &k)
+							if st == 200 && k.LatestVersion >= round+1 {
+								break
+							}
+							time.Sleep(100 * time.Millisecond)
+						}
+						req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+						resp, err := d.http.Do(req)
+						ok := err == nil && resp.StatusCode == want
+						if !ok && failed.Add(1) <= 3 {
+							var eb api.ErrorBody
+							if resp != nil {
+								json.NewDecoder(resp.Body).Decode(&eb)
+							}
+							t.Logf("write %s on %s failed (retried): %v %+v", url, d.nodeID, err, eb.Error)
+						}
+						if resp != nil {
+							resp.Body.Close()
+						}
+						if ok {
+							break
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(t0)
+		what := "created"
+		if round > 0 {
+			what = "rotated"
+		}
+		t.Logf("%s %d keys in %v (%.0f writes/s, 24 clients over %d nodes)", what, nKeys, el.Round(time.Millisecond), float64(nKeys)/el.Seconds(), len(nodes))
+	}
+	return failed.Load()
+}
+
+// TestBench_Memory measures the memory of a 3-node cluster holding
+// COFFER_BENCH_KEYS keys (default 100,000) of COFFER_BENCH_VERSIONS
+// versions each (default 3: a create and two rotations), for the figures
+// of docs/benchmarks.md (issue 15, goal 5). A measurement, not a test: it
+// runs only with COFFER_BENCH=1.
+//
+//	COFFER_BENCH=1 COFFER_BENCH_KEYS=10000 go test -count=1 -timeout 60m -run TestBench_Memory -v ./e2e/
+//
+// It reports, for the leader and a follower, the RSS and where it is (Go
+// heap, locked key memory, the raft.db mapping, the binary) right after
+// the load and after COFFER_BENCH_SETTLE (default 30s) idle, then the same
+// for a fourth node that joins and catches up from the leader's snapshot.
+func TestBench_Memory(t *testing.T) {
+	if os.Getenv("COFFER_BENCH") != "1" {
+		t.Skip("a benchmark: set COFFER_BENCH=1 to run it")
+	}
+	nKeys, versions, settle := 100000, 3, 30*time.Second
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_KEYS")); err == nil {
+		nKeys = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_VERSIONS")); err == nil && v > 0 {
+		versions = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("COFFER_BENCH_SETTLE")); err == nil {
+		settle = v
+	}
+	t.Setenv("COFFER_E2E_LOG_LEVEL", "warn")
+	c, shares := startCluster(t, 3, 3, 2)
+	lead := c.leader(c.nodes...)
+	var follower *daemon
+	for _, d := range c.nodes {
+		if d != lead {
+			follower = d
+			break
+		}
+	}
+	t.Logf("idle, no keys: leader %v", memOf(t, lead))
+
+	failed := loadKeys(t, c.nodes, nKeys, versions)
+	t.Logf("%d writes failed and were retried", failed)
+	last := fmt.Sprintf("/v1/keys/k%d", nKeys)
+	for _, d := range c.nodes {
+		waitFor(t, d.nodeID+" applies the last write", 60*time.Second, func() bool {
+			st, _, body := d.api("GET", last, "")
+			var k api.Key
+			json.Unmarshal(body, &k)
+			return st == 200 && k.LatestVersion >= versions
+		})
+	}
+	if lead = c.leader(c.nodes...); lead == follower {
+		follower = c.nodes[0]
+		if follower == lead {
+			follower = c.nodes[1]
+		}
+	}
+	t.Logf("%d keys × %d versions, right after the load: leader  %v", nKeys, versions, memOf(t, lead))
+	t.Logf("%d keys × %d versions, right after the load: follower %v", nKeys, versions, memOf(t, follower))
+	time.Sleep(settle)
+	t.Logf("%d keys × %d versions, %v later: leader  %v", nKeys, versions, settle, memOf(t, lead))
+	t.Logf("%d keys × %d versions, %v later: follower %v", nKeys, versions, settle, memOf(t, follower))
+
+	// A node that catches up from a snapshot: wait for the leader's first
+	// raft snapshot, so that it is sent one rather than the whole log.
+	snapDir := filepath.Join(lead.dir, "data", "raft", "snapshots")
+	waitFor(t, "the leader takes a raft snapshot", 10*time.Minute, func() bool {
+		ents, _ := os.ReadDir(snapDir)
+		for _, e := range ents {
+			if _, err := os.Stat(filepath.Join(snapDir, e.Name(), "state.bin")); err == nil && !strings.HasSuffix(e.Name(), ".tmp") {
+				return true
+			}
+		}
+		return false
+	})
+	n4 := c.addNode(t, "node4", false)
+	t0 := time.Now()
+	n4.start()
+	joinWithToken(t, lead, n4, c.addrs[0])
+	waitFor(t, "node4 receives the state", 120*time.Second, func() bool { return n4.status().Initialized })
+	n4.mustCoffer(strings.Join(shares[:2], "\n")+"\n", "operator", "unseal")
+	waitFor(t, "node4 has every key", 120*time.Second, func() bool {
+		st, _, body := n4.api("GET", last, "")
+		var k api.Key
+		json.Unmarshal(body, &k)
+		return st == 200 && k.LatestVersion >= versions
+	})
+	t.Logf("node4 joins and catches up (incl. unseal): %v", time.Since(t0).Round(time.Millisecond))
+	t.Logf("after the catch-up: leader %v", memOf(t, lead))
+	t.Logf("after the catch-up: node4  %v", memOf(t, n4))
+	time.Sleep(settle)
+	t.Logf("%v later: node4  %v", settle, memOf(t, n4))
+}
