@@ -103,3 +103,57 @@ func TestNew_SizeClasses(t *testing.T) {
 		b.Destroy()
 	}
 }
+
+// TestSlabs_ReleasedWhenEmpty: a slab whose slots are all free again is
+// unmapped (one spare kept per size), so locked memory follows what is in
+// use after a bulk load moved keys from one size to the next; slots freed
+// in any order are reused and never handed out twice.
+func TestSlabs_ReleasedWhenEmpty(t *testing.T) {
+	base := slabs.Load()
+	const n = 5000 // more than two slabs of 64-byte slots
+	var bufs []*Buf
+	seen := map[*byte]bool{}
+	for i := 0; i < n; i++ {
+		b, err := New(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[&b.slot[0]] {
+			t.Fatal("a slot handed out twice")
+		}
+		seen[&b.slot[0]] = true
+		b.Bytes()[0], b.Bytes()[63] = byte(i), byte(i>>8)
+		bufs = append(bufs, b)
+	}
+	if got := slabs.Load() - base; got < 4 {
+		t.Fatalf("%d slabs for %d slots of 64 bytes", got, n)
+	}
+	// Free every other one, then allocate as many again: the freed slots
+	// are reused (no new slab), and no live buffer is touched.
+	mapped := slabs.Load()
+	for i := 0; i < n; i += 2 {
+		bufs[i].Destroy()
+	}
+	for i := 0; i < n; i += 2 {
+		b, err := New(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs[i] = b
+		b.Bytes()[0], b.Bytes()[63] = byte(i), byte(i>>8)
+	}
+	if slabs.Load() != mapped {
+		t.Fatalf("slabs %d -> %d although freed slots were free", mapped, slabs.Load())
+	}
+	for i, b := range bufs {
+		if b.Bytes()[0] != byte(i) || b.Bytes()[63] != byte(i>>8) {
+			t.Fatalf("buffer %d overwritten", i)
+		}
+	}
+	for _, b := range bufs {
+		b.Destroy()
+	}
+	if got := slabs.Load() - base; got > 1 {
+		t.Fatalf("%d slabs still mapped with nothing in use (want at most a spare)", got)
+	}
+}
