@@ -44,6 +44,7 @@ FUZZ_TARGETS := \
 	./keystore:FuzzXAESOpen \
 	./keystore:FuzzDecodeCommand \
 	./keystore:FuzzSnapshotEncode \
+	./keystore:FuzzSnapshotDecode \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
@@ -187,4 +188,35 @@ func TestSnapshotEncode_ReadsOldWriter(t *testing.T) {
 	if err := ks.RestoreRemote(bytes.NewReader(old)); err != nil {
 		t.Fatalf("a snapshot of the previous writer is refused: %v", err)
 	}
+}
+
+// FuzzSnapshotDecode: the streamed decoder used on restore reads every
+// input as encoding/json's Decoder does: what one accepts as a snapshot
+// (format 1) the other accepts with the same content.
+func FuzzSnapshotDecode(f *testing.F) {
+	_, s := loadedSnapshot(f)
+	f.Add(jsonSnapshot(f, s))
+	f.Add([]byte(`{"format":1,"Entries":{"a":{"v":1,"d":"AA=="}},"entries":{"b":{"V":2,"t":1}},"ENTRIES":null,"entries":{"c":{}}}`))
+	f.Add([]byte(`{"format":1,"entries":{"a":{"v":"x"}}}`))
+	f.Add([]byte(`{"format":1,"entrieſ":{"a":{"v":1}},"format":1,"tombs":{"x":1}} trailing`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(`{"format":1,"entries":{"a":{"v":1},}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want Snapshot
+		werr := json.NewDecoder(bytes.NewReader(data)).Decode(&want)
+		got, gerr := decodeSnapshot(bytes.NewReader(data))
+		if werr == nil && want.Format == 1 {
+			if gerr != nil {
+				t.Fatalf("encoding/json decodes it, the streamed decoder does not: %v", gerr)
+			}
+			if !reflect.DeepEqual(*got, want) {
+				t.Fatalf("decoded differently:\n got %+v\nwant %+v", *got, want)
+			}
+		}
+		if gerr == nil && got.Format == 1 {
+			if werr != nil {
+				t.Fatalf("the streamed decoder accepts what encoding/json refuses (%v)", werr)
+			}
+		}
+	})
 }

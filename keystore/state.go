@@ -777,10 +777,11 @@ func (ks *Keystore) Restore(r io.Reader) error { return ks.restore(r, false) }
 func (ks *Keystore) RestoreRemote(r io.Reader) error { return ks.restore(r, true) }
 
 func (ks *Keystore) restore(r io.Reader, remote bool) error {
-	var s Snapshot
-	if err := json.NewDecoder(r).Decode(&s); err != nil {
+	sp, err := decodeSnapshot(r) // streamed (snapenc.go)
+	if err != nil {
 		return fmt.Errorf("%w: snapshot does not decode: %v", ErrCorrupt, err)
 	}
+	s := *sp
 	if s.Format != 1 {
 		return fmt.Errorf("%w: snapshot format %d is not supported", ErrCorrupt, s.Format)
 	}
