@@ -964,14 +964,20 @@ func validateSnapshot(data []byte) (*Snapshot, error) {
 // initialised cluster takes only its own snapshots, since another cluster's
 // state opens with none of its nodes' root keys and would seal them all.
 func (ks *Keystore) ValidateRestore(data []byte) error {
+	_, err := ks.validateRestore(data)
+	return err
+}
+
+// validateRestore is ValidateRestore returning the decoded snapshot.
+func (ks *Keystore) validateRestore(data []byte) (*Snapshot, error) {
 	s, err := validateSnapshot(data)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if sc := ks.SealConfig(); sc != nil && sc.ClusterID != s.Seal.ClusterID {
-		return fmt.Errorf("the snapshot is of cluster %s, but this is cluster %s: restoring it would seal every node; restore it into fresh (uninitialised) nodes instead", s.Seal.ClusterID, sc.ClusterID)
+		return nil, fmt.Errorf("the snapshot is of cluster %s, but this is cluster %s: restoring it would seal every node; restore it into fresh (uninitialised) nodes instead", s.Seal.ClusterID, sc.ClusterID)
 	}
-	return nil
+	return s, nil
 }
 
 // KeyringVersion is the version of the replicated keyring (0 before init);
