@@ -37,7 +37,7 @@ const slabSize = 64 << 10
 
 // A slab is one locked mapping cut into slots of one size. Slots are handed
 // out from its free stack, else from its never-used tail; a slab whose
-// slots are all free again is unmapped (keeping one spare per size), so
+// slots are all free again is unmapped (but one of 32-byte slots), so
 // that locked memory follows what is in use: after a bulk load rotates
 // 100,000 keys twice, the slabs of their 1- and 2-version buffers would
 // otherwise stay locked (and in RSS) for good.
@@ -157,12 +157,16 @@ func (b *Buf) Destroy() {
 	// The slot's offset in its slab (mapped memory: it never moves).
 	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b.slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
 	b.b, b.slot, b.slab = nil, nil, nil
-	c := &classes[sl.size/SlotSize-1]
+	ci := sl.size/SlotSize - 1
+	c := &classes[ci]
 	mu.Lock()
 	defer mu.Unlock()
 	sl.used--
-	if sl.used == 0 && (len(c.partial) > 1 || sl.index < 0 && len(c.partial) > 0) {
-		// Empty, and the class has another slab with room: unmap it.
+	// An empty slab is unmapped, except the last of the 32-byte class
+	// (root and keyring keys, their short-lived copies): a spare per size
+	// would keep up to 32 × 64 KiB locked after one key's versions went
+	// through every size.
+	if sl.used == 0 && (ci != 0 || len(c.partial) > 1 || sl.index < 0 && len(c.partial) > 0) {
 		if sl.index >= 0 {
 			c.remove(sl)
 		}
