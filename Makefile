@@ -44,6 +44,8 @@ FUZZ_TARGETS := \
 	./keystore:FuzzUnwrapEach \
 	./keystore:FuzzXAESOpen \
 	./keystore:FuzzDecodeCommand \
+	./keystore:FuzzSnapshotEncode \
+	./keystore:FuzzSnapshotDecode \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \

@@ -20,9 +20,10 @@ import (
 // same behaviours through the real binaries.
 
 type testCluster struct {
-	t     *testing.T
-	nodes []*clusterNode
-	root  []byte
+	t      *testing.T
+	nodes  []*clusterNode
+	root   []byte
+	tlsDir string
 }
 
 type clusterNode struct {
@@ -39,7 +40,7 @@ func makeCluster(t *testing.T, size int) *testCluster {
 	if _, _, err := tlsutil.CreateCA(tlsDir, 30, now); err != nil {
 		t.Fatal(err)
 	}
-	c := &testCluster{t: t}
+	c := &testCluster{t: t, tlsDir: tlsDir}
 	for i := 1; i <= size; i++ {
 		id := fmt.Sprintf("node%d", i)
 		if _, _, err := tlsutil.CreateNodeCert(tlsDir, id, []net.IP{net.ParseIP("127.0.0.1")}, nil, tlsDir, 10, now); err != nil {

@@ -3,14 +3,11 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,7 +17,9 @@ import (
 // TestBench_Cluster measures the figures of docs/benchmarks.md for a
 // 3-node loopback cluster. It is a measurement, not a test: it runs only
 // with COFFER_BENCH=1 (COFFER_BENCH_KEYS sets the key count, default
-// 100000):
+// 100000, COFFER_BENCH_VERSIONS their versions, default 3; memory is
+// reported for the leader, a follower and a node caught up from a
+// snapshot, as TestBench_Memory does):
 //
 //	COFFER_BENCH=1 go test -count=1 -timeout 30m -run TestBench_Cluster -v ./e2e/
 func TestBench_Cluster(t *testing.T) {
@@ -85,41 +84,15 @@ func TestBench_Cluster(t *testing.T) {
 		t.Logf("wrap on %s (concurrency 8): %.0f ops/s, p50 %.0f µs, p99 %.0f µs", d.nodeID, r.OpsPerSec, r.Latency.P50, r.Latency.P99)
 	}
 
-	// 3. Many keys: create them through all nodes concurrently.
-	t0 := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	for w := 0; w < 24; w++ {
-		wg.Add(1)
-		d := c.nodes[w%3]
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1)
-				if i > int64(nKeys) {
-					return
-				}
-				req, _ := http.NewRequest("POST", "http://coffer/v1/keys", strings.NewReader(fmt.Sprintf(`{"name":"k%d"}`, i)))
-				resp, err := d.http.Do(req)
-				if err != nil || resp.StatusCode != 201 {
-					if failed.Add(1) <= 3 {
-						var eb api.ErrorBody
-						if resp != nil {
-							json.NewDecoder(resp.Body).Decode(&eb)
-						}
-						t.Logf("create k%d on %s failed: %v %+v", i, d.nodeID, err, eb.Error)
-					}
-				}
-				if resp != nil {
-					resp.Body.Close()
-				}
-			}
-		}()
+	// 3. Many keys: created (and rotated to COFFER_BENCH_VERSIONS versions,
+	// default 3) through all nodes concurrently.
+	versions := 3
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_VERSIONS")); err == nil && v > 0 {
+		versions = v
 	}
-	wg.Wait()
-	el := time.Since(t0)
-	t.Logf("created %d keys in %v (%.0f writes/s, 24 clients over 3 nodes), %d failed", nKeys, el.Round(time.Millisecond), float64(nKeys)/el.Seconds(), failed.Load())
+	if failed := loadKeys(t, c.nodes, nKeys, versions); failed > 0 {
+		t.Logf("%d writes failed and were retried", failed)
+	}
 
 	// Wrap latency with many keys equals that with one.
 	out := lead.mustCoffer("", "--format", "json", "bench", "wrap", "--key", "k1", "--concurrency", "1", "--duration", "3s")
@@ -127,7 +100,7 @@ func TestBench_Cluster(t *testing.T) {
 
 	// 4. Snapshot size and time; restore into a fresh node.
 	snap := filepath.Join(t.TempDir(), "big.snap")
-	t0 = time.Now()
+	t0 := time.Now()
 	lead.mustCoffer("", "operator", "raft", "snapshot", "save", snap)
 	fi, _ := os.Stat(snap)
 	t.Logf("snapshot save: %d bytes (%.1f MB) in %v", fi.Size(), float64(fi.Size())/1e6, time.Since(t0).Round(time.Millisecond))
@@ -156,16 +129,9 @@ func TestBench_Cluster(t *testing.T) {
 		return len(kl.Keys) >= nKeys
 	})
 	t.Logf("a new node joins and catches up with %d keys (join → all keys readable, incl. unseal): %v", nKeys, time.Since(t0).Round(time.Millisecond))
-	grep := func(d *daemon) string {
-		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
-		for _, l := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(l, "VmRSS") {
-				return strings.Join(strings.Fields(l)[1:], " ")
-			}
-		}
-		return "?"
-	}
-	t.Logf("RSS with %d keys: leader %s, node4 %s", nKeys, grep(lead), grep(n4))
+	t.Logf("memory with %d keys × %d versions: leader   %v", nKeys, versions, memOf(t, lead))
+	t.Logf("memory with %d keys × %d versions: follower %v", nKeys, versions, memOf(t, follower))
+	t.Logf("memory with %d keys × %d versions: node4 (caught up) %v", nKeys, versions, memOf(t, n4))
 
 	// 6. Leader killed: time to the first successful write on a survivor.
 	lead = c.leader(c.nodes...)

@@ -173,7 +173,7 @@ func (c *aeadCache) get(v int) (cipher.AEAD, error) {
 	if a := c.more[v]; a != nil {
 		return a, nil
 	}
-	a, err := newAEAD(c.k.meta.Type, c.k.material[v-1].Bytes())
+	a, err := newAEAD(c.k.meta.Type, c.k.versionKey(v))
 	if err != nil {
 		return nil, err
 	}
@@ -204,8 +204,8 @@ func (ks *Keystore) sealData(c *aeadCache, v int, pt, aad []byte) (string, error
 	if _, err := io.ReadFull(ks.cfg.Rand, raw); err != nil {
 		return "", fmt.Errorf("reading randomness: %w", err)
 	}
-	if ctr := c.k.latestCtr; ctr != nil && v == c.k.latest() {
-		ctr.Add(1) // the nonce budget of a 96-bit-nonce version (nonce.go)
+	if v == c.k.latest() {
+		ks.countEncryption(c.k) // the nonce budget of a 96-bit-nonce version (nonce.go)
 	}
 	raw = a.Seal(raw, raw[:ns], pt, aad)
 	return c.format(v, raw), nil

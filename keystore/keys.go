@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -47,22 +48,37 @@ type keyMeta struct {
 
 // namedKey is the decrypted, in-memory form of a key record.
 type namedKey struct {
-	meta     keyMeta
-	material []*lockedmem.Buf // material[i] is version i+1
-	record   uint64           // record version, for compare-and-set
+	meta keyMeta
+	// material holds every version's key, version v at
+	// [(v-1)*materialSize, v*materialSize): one locked buffer per key
+	// rather than one per version (a buffer's header is on the Go heap,
+	// 64 bytes, and each was a slot of its own; issue 15, memory). nil for
+	// a key without versions.
+	material *lockedmem.Buf
+	record   uint64 // record version, for compare-and-set
 	// latestCtr counts this node's encryptions under the latest version
-	// (nil for a type without a nonce budget; nonce.go).
-	latestCtr *atomic.Uint64
+	// (nil for a type without a nonce budget, and until the first
+	// encryption; nonce.go).
+	latestCtr atomic.Pointer[atomic.Uint64]
 }
 
 func (k *namedKey) destroy() {
-	for _, m := range k.material {
-		m.Destroy()
-	}
+	k.material.Destroy()
 	k.material = nil
 }
 
-func (k *namedKey) latest() int { return len(k.material) }
+func (k *namedKey) latest() int {
+	if k.material == nil {
+		return 0
+	}
+	return len(k.material.Bytes()) / materialSize
+}
+
+// versionKey is version v's material (1 <= v <= latest()), in locked
+// memory: callers must not keep it past the read lock.
+func (k *namedKey) versionKey(v int) []byte {
+	return k.material.Bytes()[(v-1)*materialSize : v*materialSize : v*materialSize]
+}
 
 func (k *namedKey) info() api.Key {
 	out := api.Key{
@@ -106,15 +122,36 @@ func (ks *Keystore) openKeyRecordLocked(path string, e Entry) (*namedKey, error)
 	if err := json.Unmarshal(meta, &k.meta); err != nil || len(k.meta.Versions) != len(keys) || keyPath(k.meta.Name) != path {
 		return nil, fmt.Errorf("%w: key record %s", ErrCorrupt, path)
 	}
-	for _, m := range keys {
-		b, err := lockedmem.Copy(m)
+	compactMeta(&k.meta)
+	if len(keys) > 0 {
+		b, err := lockedmem.New(len(keys) * materialSize)
 		if err != nil {
-			k.destroy()
 			return nil, err
 		}
-		k.material = append(k.material, b)
+		for i, m := range keys {
+			copy(b.Bytes()[i*materialSize:], m)
+		}
+		k.material = b
 	}
 	return k, nil
+}
+
+// compactMeta trims what JSON decoding left larger than needed in a key
+// that stays in memory for as long as the node is unsealed: the type is
+// one of a few constants (not a string per key), and the versions slice
+// exactly its length (append doubling left up to twice).
+func compactMeta(m *keyMeta) {
+	switch m.Type {
+	case api.KeyTypeAES256GCM:
+		m.Type = api.KeyTypeAES256GCM
+	case api.KeyTypeChaCha20Poly1305:
+		m.Type = api.KeyTypeChaCha20Poly1305
+	case api.KeyTypeXAES256GCM:
+		m.Type = api.KeyTypeXAES256GCM
+	}
+	if cap(m.Versions) > len(m.Versions) {
+		m.Versions = slices.Clone(m.Versions)
+	}
 }
 
 // ParseKeyType validates a key type; "" means the default, aes256-gcm.
@@ -219,8 +256,8 @@ func (ks *Keystore) update(ctx context.Context, name string, fn func(cur *keyMet
 			m := k.meta
 			m.Versions = append([]time.Time(nil), k.meta.Versions...)
 			cur, record = &m, k.record
-			for _, b := range k.material {
-				material = append(material, append([]byte(nil), b.Bytes()...))
+			for v := 1; v <= k.latest(); v++ {
+				material = append(material, append([]byte(nil), k.versionKey(v)...))
 			}
 		} else if _, ok := ks.entries[path]; ok {
 			// A record this node could not open: never overwrite it blindly.

@@ -64,15 +64,54 @@ func (nc *nonceCounters) get(name string, version int) *atomic.Uint64 {
 	return c
 }
 
+// forgetUnused drops the counter of a version that no longer takes
+// encryptions if this node never encrypted under it: such a count can never
+// matter, and keeping one per rotation grew the map by a counter per
+// version ever made (EncryptionCounts prunes the others later).
+func (nc *nonceCounters) forgetUnused(name string, version int) {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	k := encKey{name, version}
+	if c := nc.m[k]; c != nil && c.Load() == 0 {
+		delete(nc.m, k)
+	}
+}
+
 // countsNonces reports whether a key type's versions have a nonce budget.
 func countsNonces(typ string) bool { return typ != api.KeyTypeXAES256GCM }
 
 // attachCounterLocked points a freshly loaded key at the counter of its
-// latest version (under ks.mu).
+// latest version (under ks.mu) if this node has one (it encrypted under
+// it, or restored its count at start). Otherwise the first encryption
+// makes it (countEncryption): a counter per key that never encrypts on
+// this node was a map entry and an allocation per key (issue 15, memory).
 func (ks *Keystore) attachCounterLocked(k *namedKey) {
 	if countsNonces(k.meta.Type) && k.latest() > 0 {
-		k.latestCtr = ks.nonces.get(k.meta.Name, k.latest())
+		if c := ks.nonces.lookup(k.meta.Name, k.latest()); c != nil {
+			k.latestCtr.Store(c)
+		}
 	}
+}
+
+// countEncryption counts one encryption under k's latest version. It runs
+// under ks.mu's read lock, possibly in many requests at once: they all get
+// the same counter from the map (made by the first), so none is lost.
+func (ks *Keystore) countEncryption(k *namedKey) {
+	c := k.latestCtr.Load()
+	if c == nil {
+		if !countsNonces(k.meta.Type) || k.latest() == 0 {
+			return
+		}
+		c = ks.nonces.get(k.meta.Name, k.latest())
+		k.latestCtr.Store(c)
+	}
+	c.Add(1)
+}
+
+func (nc *nonceCounters) lookup(name string, version int) *atomic.Uint64 {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	return nc.m[encKey{name, version}]
 }
 
 // NonceBudget is the rotation threshold in use (Config.NonceBudget or

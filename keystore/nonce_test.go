@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -118,5 +119,49 @@ func TestKeystore_NonceBudget(t *testing.T) {
 	ks.RestoreEncryptionCounts([]EncryptionCount{{Key: "k", Version: 2, Count: 7}, {Key: "k", Version: 2, Count: 3}})
 	if cs := ks.EncryptionCounts(); len(cs) != 1 || cs[0].Count != 7 {
 		t.Fatalf("restored counts %+v, want 7", cs)
+	}
+}
+
+// TestNonceCounters_OnlyForUsedVersions: a node holds a counter only for a
+// version it encrypted under (or restored at start), not one per key and
+// version ever loaded (issue 15: that was 300,000 map entries for 100,000
+// keys of 3 versions); a count survives the record's reloads and is
+// counted again after a rotation under the new version.
+func TestNonceCounters_OnlyForUsedVersions(t *testing.T) {
+	ks := newKS(t, nil)
+	mustInit(t, ks)
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		name := fmt.Sprintf("k%d", i)
+		mustCreate(t, ks, name, "")
+		for r := 0; r < 2; r++ {
+			if _, err := ks.RotateKey(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	counters := func() int { ks.nonces.mu.Lock(); defer ks.nonces.mu.Unlock(); return len(ks.nonces.m) }
+	if n := counters(); n != 0 {
+		t.Fatalf("%d counters for keys that never encrypted", n)
+	}
+	wrap1(t, ks, "k7", []byte("x"), nil)
+	wrap1(t, ks, "k7", []byte("x"), nil)
+	hour := "1h"
+	if _, err := ks.UpdateKey(ctx, "k7", nil, &hour); err != nil { // a reload, same version
+		t.Fatal(err)
+	}
+	wrap1(t, ks, "k7", []byte("x"), nil)
+	if got := ks.EncryptionCounts(); len(got) != 1 || got[0] != (EncryptionCount{Key: "k7", Version: 3, Count: 3}) {
+		t.Fatalf("counts %+v, want k7 v3: 3", got)
+	}
+	if _, err := ks.RotateKey(ctx, "k7"); err != nil {
+		t.Fatal(err)
+	}
+	wrap1(t, ks, "k7", []byte("x"), nil)
+	if got := ks.EncryptionCounts(); len(got) != 1 || got[0] != (EncryptionCount{Key: "k7", Version: 4, Count: 1}) {
+		t.Fatalf("counts after rotation %+v, want k7 v4: 1", got)
+	}
+	if n := counters(); n != 1 {
+		t.Fatalf("%d counters, want 1", n)
 	}
 }

@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 )
 
@@ -44,12 +43,12 @@ func (ks *Keystore) recordVersionLocked(path string) uint64 {
 // here). A fresh node takes the snapshot as it is: it verifies it at
 // unseal.
 func (ks *Keystore) PrepareRestore(data []byte) ([]byte, error) {
-	if err := ks.ValidateRestore(data); err != nil {
+	// One decode, and the answer written in one pass into a buffer of
+	// the right size: a restore of 100,000 keys × 3 versions is ~53 MB,
+	// and each extra copy of it was that much more heap on the leader.
+	s, err := ks.validateRestore(data)
+	if err != nil {
 		return nil, err
-	}
-	var s Snapshot
-	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&s); err != nil {
-		return nil, fmt.Errorf("not a Coffer snapshot: %v", err)
 	}
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
@@ -59,7 +58,7 @@ func (ks *Keystore) PrepareRestore(data []byte) ([]byte, error) {
 	if ks.root == nil {
 		return nil, fmt.Errorf("%w: restore the snapshot on an unsealed node (it checks and re-authenticates the snapshot)", ErrSealed)
 	}
-	if _, err := ks.checkSnapshotLocked(&s, true); err != nil {
+	if _, err := ks.checkSnapshotLocked(s, true); err != nil {
 		return nil, err
 	}
 	s.Epoch = max(s.Epoch, ks.epoch) + 1
@@ -68,11 +67,8 @@ func (ks *Keystore) PrepareRestore(data []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer clear(k)
-	if err := s.authenticate(k); err != nil {
-		return nil, err
-	}
-	var out bytes.Buffer
-	if _, err := s.WriteTo(&out); err != nil {
+	out := bytes.NewBuffer(make([]byte, 0, len(data)+256))
+	if err := s.writeJSON(out, k); err != nil {
 		return nil, err
 	}
 	return out.Bytes(), nil

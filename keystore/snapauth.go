@@ -3,7 +3,6 @@ package keystore
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 )
 
@@ -41,18 +40,6 @@ func snapshotMAC(k []byte, clusterID string, digest []byte) []byte {
 	m.Write([]byte{0})
 	m.Write(digest)
 	return m.Sum(nil)
-}
-
-// digest is SHA-256 of the snapshot's JSON without its MAC.
-func (s *Snapshot) digest() ([]byte, error) {
-	c := *s
-	c.MAC = nil
-	b, err := json.Marshal(&c)
-	if err != nil {
-		return nil, err
-	}
-	d := sha256.Sum256(b)
-	return d[:], nil
 }
 
 // authenticate sets s.MAC under k.

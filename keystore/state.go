@@ -746,10 +746,10 @@ func (ks *Keystore) Snapshot() *Snapshot {
 	return s
 }
 
-// WriteTo writes the snapshot as JSON.
+// WriteTo writes the snapshot as JSON (streamed: snapenc.go).
 func (s *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
-	err := json.NewEncoder(cw).Encode(s)
+	err := s.writeJSON(cw, nil)
 	return cw.n, err
 }
 
@@ -777,10 +777,11 @@ func (ks *Keystore) Restore(r io.Reader) error { return ks.restore(r, false) }
 func (ks *Keystore) RestoreRemote(r io.Reader) error { return ks.restore(r, true) }
 
 func (ks *Keystore) restore(r io.Reader, remote bool) error {
-	var s Snapshot
-	if err := json.NewDecoder(r).Decode(&s); err != nil {
+	sp, err := decodeSnapshot(r) // streamed (snapenc.go)
+	if err != nil {
 		return fmt.Errorf("%w: snapshot does not decode: %v", ErrCorrupt, err)
 	}
+	s := *sp
 	if s.Format != 1 {
 		return fmt.Errorf("%w: snapshot format %d is not supported", ErrCorrupt, s.Format)
 	}
@@ -827,6 +828,9 @@ func (ks *Keystore) loadRecordLocked(path string, e Entry) error {
 			return err
 		}
 		if old := ks.keys[k.meta.Name]; old != nil {
+			if old.latestCtr.Load() != nil && old.latest() != k.latest() {
+				ks.nonces.forgetUnused(old.meta.Name, old.latest())
+			}
 			old.destroy()
 		}
 		ks.keys[k.meta.Name] = k
@@ -855,6 +859,9 @@ func (ks *Keystore) dropRecordLocked(path string) {
 	case strings.HasPrefix(path, "keys/"):
 		name := strings.TrimPrefix(path, "keys/")
 		if k := ks.keys[name]; k != nil {
+			if k.latestCtr.Load() != nil {
+				ks.nonces.forgetUnused(name, k.latest())
+			}
 			k.destroy()
 			delete(ks.keys, name)
 		}
@@ -925,14 +932,10 @@ func (ks *Keystore) SnapshotTo() func(io.Writer) error {
 	k, _ := ks.macKeyLocked()
 	ks.mu.RUnlock()
 	return func(w io.Writer) error {
-		if k != nil {
-			defer clear(k)
-			if err := s.authenticate(k); err != nil {
-				return err
-			}
-		}
-		_, err := s.WriteTo(w)
-		return err
+		// A sealed node's k is nil: no MAC (see above). Otherwise the MAC
+		// is computed from the bytes as they are written (one pass).
+		defer clear(k)
+		return s.writeJSON(w, k)
 	}
 }
 
@@ -961,14 +964,20 @@ func validateSnapshot(data []byte) (*Snapshot, error) {
 // initialised cluster takes only its own snapshots, since another cluster's
 // state opens with none of its nodes' root keys and would seal them all.
 func (ks *Keystore) ValidateRestore(data []byte) error {
+	_, err := ks.validateRestore(data)
+	return err
+}
+
+// validateRestore is ValidateRestore returning the decoded snapshot.
+func (ks *Keystore) validateRestore(data []byte) (*Snapshot, error) {
 	s, err := validateSnapshot(data)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if sc := ks.SealConfig(); sc != nil && sc.ClusterID != s.Seal.ClusterID {
-		return fmt.Errorf("the snapshot is of cluster %s, but this is cluster %s: restoring it would seal every node; restore it into fresh (uninitialised) nodes instead", s.Seal.ClusterID, sc.ClusterID)
+		return nil, fmt.Errorf("the snapshot is of cluster %s, but this is cluster %s: restoring it would seal every node; restore it into fresh (uninitialised) nodes instead", s.Seal.ClusterID, sc.ClusterID)
 	}
-	return nil
+	return s, nil
 }
 
 // KeyringVersion is the version of the replicated keyring (0 before init);

@@ -27,6 +27,7 @@ import (
 	"github.com/coffer-kms/coffer/daemon/config"
 	"github.com/coffer-kms/coffer/daemon/platform"
 	"github.com/coffer-kms/coffer/internal/lockedmem"
+	"github.com/coffer-kms/coffer/internal/memtune"
 	"github.com/coffer-kms/coffer/internal/version"
 	"github.com/coffer-kms/coffer/keystore"
 )
@@ -117,6 +118,8 @@ func serve(ctx context.Context, cfg *config.Config, stderr io.Writer, ready func
 		return cli.Exit("cofferd: hardening the process: "+err.Error(), 1)
 	}
 	log := newLogger(cfg, stderr)
+	// Bound the heap's headroom as the state grows (internal/memtune).
+	go memtune.Tune(ctx, 2*time.Second)
 	notify, err := newNotifier(log)
 	if err != nil {
 		return cli.Exit("cofferd: "+err.Error(), 1)

@@ -4,8 +4,11 @@
 //
 // Only these pages are locked, never the whole process (no mlockall): the raft
 // store mmaps its database file and locking that would pin the whole file.
-// Buffers come from 64 KiB slabs cut into 64-byte slots, so 30,000 key versions
-// cost about 2 MiB of locked memory rather than a page each.
+// Buffers up to MaxSlot bytes come from 64 KiB slabs cut into slots of a
+// multiple of 32 bytes (one slab per slot size), so a key's material of
+// 1 to 32 versions of 32 bytes takes just its size: 100,000 keys of 3
+// versions cost about 9.6 MB of locked memory rather than a page each
+// (locked pages count in the process's RSS).
 //
 // Locking can fail (RLIMIT_MEMLOCK too small and no CAP_IPC_LOCK). Then the
 // memory is still excluded from core dumps and zeroed on release, and
@@ -17,29 +20,53 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// SlotSize is the largest buffer a slab slot holds; larger buffers get a
-// mapping of their own.
-const SlotSize = 64
+// SlotSize is the granularity of slab slots: a buffer takes its size
+// rounded up to a multiple of it.
+const SlotSize = 32
+
+// MaxSlot is the largest buffer a slab slot holds; larger buffers get a
+// mapping of their own (rounded to pages).
+const MaxSlot = 1024
 
 const slabSize = 64 << 10
 
+// A slab is one locked mapping cut into slots of one size. Slots are handed
+// out from its free stack, else from its never-used tail; a slab whose
+// slots are all free again is unmapped (but one of 32-byte slots), so
+// that locked memory follows what is in use: after a bulk load rotates
+// 100,000 keys twice, the slabs of their 1- and 2-version buffers would
+// otherwise stay locked (and in RSS) for good.
+type slab struct {
+	mem   []byte
+	size  int      // slot size
+	next  int      // offset of the never-used tail
+	free  []uint16 // offsets / SlotSize of freed slots
+	used  int
+	index int // position in its class's partial list, -1 if full
+}
+
+// class holds the slabs of one slot size that have a free slot.
+type class struct{ partial []*slab }
+
 var (
 	mu        sync.Mutex
-	free      [][]byte // free slots, each SlotSize long
+	classes   [MaxSlot / SlotSize]class // class c holds (c+1)*SlotSize bytes
 	lockFails atomic.Int64
 	inUse     atomic.Int64
+	slabs     atomic.Int64 // mapped slabs, for tests
 )
 
 // Buf is a buffer in locked memory. Its zero value is unusable; get one from
 // New. A Buf must be released with Destroy, which zeroes it.
 type Buf struct {
-	b       []byte // len = requested size
-	slot    []byte // the whole slot (or mapping) to zero and return
-	private bool   // a mapping of its own, unmapped on Destroy
+	b    []byte // len = requested size
+	slot []byte // the whole slot (or mapping) to zero and return
+	slab *slab  // nil: a mapping of its own, unmapped on Destroy
 }
 
 // New returns a zeroed buffer of n bytes in locked memory.
@@ -47,29 +74,56 @@ func New(n int) (*Buf, error) {
 	if n <= 0 {
 		return nil, fmt.Errorf("lockedmem: invalid size %d", n)
 	}
-	if n > SlotSize {
+	if n > MaxSlot {
 		m, err := mapLocked(roundPage(n))
 		if err != nil {
 			return nil, err
 		}
 		inUse.Add(1)
-		return &Buf{b: m[:n:n], slot: m, private: true}, nil
+		return &Buf{b: m[:n:n], slot: m}, nil
 	}
+	c := &classes[(n-1)/SlotSize]
+	size := ((n-1)/SlotSize + 1) * SlotSize
 	mu.Lock()
 	defer mu.Unlock()
-	if len(free) == 0 {
+	if len(c.partial) == 0 {
 		m, err := mapLocked(slabSize)
 		if err != nil {
 			return nil, err
 		}
-		for off := 0; off+SlotSize <= len(m); off += SlotSize {
-			free = append(free, m[off:off+SlotSize:off+SlotSize])
-		}
+		slabs.Add(1)
+		c.add(&slab{mem: m, size: size})
 	}
-	s := free[len(free)-1]
-	free = free[:len(free)-1]
+	sl := c.partial[len(c.partial)-1]
+	var off int
+	if k := len(sl.free); k > 0 {
+		off = int(sl.free[k-1]) * SlotSize
+		sl.free = sl.free[:k-1]
+	} else {
+		off = sl.next
+		sl.next += size
+	}
+	sl.used++
+	if len(sl.free) == 0 && sl.next+size > len(sl.mem) {
+		c.remove(sl) // full
+	}
 	inUse.Add(1)
-	return &Buf{b: s[:n:n], slot: s}, nil
+	slot := sl.mem[off : off+size : off+size]
+	return &Buf{b: slot[:n:n], slot: slot, slab: sl}, nil
+}
+
+func (c *class) add(sl *slab) {
+	sl.index = len(c.partial)
+	c.partial = append(c.partial, sl)
+}
+
+func (c *class) remove(sl *slab) {
+	last := c.partial[len(c.partial)-1]
+	c.partial[sl.index] = last
+	last.index = sl.index
+	c.partial[len(c.partial)-1] = nil
+	c.partial = c.partial[:len(c.partial)-1]
+	sl.index = -1
 }
 
 // Copy returns a locked buffer holding a copy of src. It does not touch src;
@@ -94,14 +148,41 @@ func (b *Buf) Destroy() {
 	}
 	clear(b.slot)
 	inUse.Add(-1)
-	if b.private {
+	sl := b.slab
+	if sl == nil {
 		_ = unix.Munmap(b.slot)
-	} else {
-		mu.Lock()
-		free = append(free, b.slot)
-		mu.Unlock()
+		b.b, b.slot = nil, nil
+		return
 	}
-	b.b, b.slot = nil, nil
+	// The slot's offset in its slab (mapped memory: it never moves).
+	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b.slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
+	b.b, b.slot, b.slab = nil, nil, nil
+	ci := sl.size/SlotSize - 1
+	c := &classes[ci]
+	mu.Lock()
+	defer mu.Unlock()
+	sl.used--
+	// An empty slab is unmapped, except the last of the 32-byte class
+	// (root and keyring keys, their short-lived copies): a spare per size
+	// would keep up to 32 × 64 KiB locked after one key's versions went
+	// through every size.
+	if sl.used == 0 && (ci != 0 || len(c.partial) > 1 || sl.index < 0 && len(c.partial) > 0) {
+		if sl.index >= 0 {
+			c.remove(sl)
+		}
+		slabs.Add(-1)
+		_ = unix.Munmap(sl.mem)
+		return
+	}
+	if sl.used == 0 {
+		// The class's spare: start it afresh (its slots are zeroed).
+		sl.next, sl.free = 0, sl.free[:0]
+	} else {
+		sl.free = append(sl.free, uint16(off/SlotSize))
+	}
+	if sl.index < 0 {
+		c.add(sl)
+	}
 }
 
 // Locked reports whether every mapping made so far could be mlock'ed.

@@ -20,7 +20,7 @@ func TestNew_ZeroedAndReused(t *testing.T) {
 	copy(b.Bytes(), bytes.Repeat([]byte{0xAA}, 32))
 	slot := b.slot
 	b.Destroy()
-	if !bytes.Equal(slot, make([]byte, SlotSize)) {
+	if len(slot) != SlotSize || !bytes.Equal(slot, make([]byte, SlotSize)) {
 		t.Fatal("Destroy did not zero the slot")
 	}
 	b.Destroy() // second Destroy is a no-op
@@ -56,5 +56,104 @@ func TestNew_LargeAndMany(t *testing.T) {
 	}
 	if _, err := New(0); err == nil {
 		t.Fatal("New(0) succeeded")
+	}
+}
+
+// TestNew_SizeClasses: a buffer takes its size rounded up to SlotSize, not
+// a page nor a fixed slot (locked memory counts in RSS: a key of 3
+// versions holds 96 bytes); buffers of every class stay apart, and a
+// freed slot is reused for its own class only.
+func TestNew_SizeClasses(t *testing.T) {
+	var bufs []*Buf
+	for n := 1; n <= MaxSlot+1; n += 7 {
+		b, err := New(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := (n + SlotSize - 1) / SlotSize * SlotSize
+		if n > MaxSlot {
+			want = roundPage(n)
+		}
+		if len(b.Bytes()) != n || cap(b.Bytes()) != n || len(b.slot) != want {
+			t.Fatalf("New(%d): len %d cap %d slot %d, want slot %d", n, len(b.Bytes()), cap(b.Bytes()), len(b.slot), want)
+		}
+		for i := range b.Bytes() {
+			b.Bytes()[i] = byte(n)
+		}
+		bufs = append(bufs, b)
+	}
+	for _, b := range bufs {
+		n := len(b.Bytes())
+		if !bytes.Equal(b.Bytes(), bytes.Repeat([]byte{byte(n)}, n)) {
+			t.Fatalf("buffer of %d bytes overwritten by another", n)
+		}
+	}
+	b96, _ := New(96)
+	slot := &b96.slot[0]
+	b96.Destroy()
+	b64, _ := New(64)
+	if &b64.slot[0] == slot {
+		t.Fatal("a 96-byte slot was handed out for 64 bytes")
+	}
+	again, _ := New(90)
+	if &again.slot[0] != slot {
+		t.Fatal("a freed 96-byte slot was not reused for its class")
+	}
+	for _, b := range append(bufs, b64, again) {
+		b.Destroy()
+	}
+}
+
+// TestSlabs_ReleasedWhenEmpty: a slab whose slots are all free again is
+// unmapped (no spare kept but for 32-byte slots), so locked memory follows what is in
+// use after a bulk load moved keys from one size to the next; slots freed
+// in any order are reused and never handed out twice.
+func TestSlabs_ReleasedWhenEmpty(t *testing.T) {
+	base := slabs.Load()
+	const n = 5000 // more than two slabs of 64-byte slots
+	var bufs []*Buf
+	seen := map[*byte]bool{}
+	for i := 0; i < n; i++ {
+		b, err := New(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[&b.slot[0]] {
+			t.Fatal("a slot handed out twice")
+		}
+		seen[&b.slot[0]] = true
+		b.Bytes()[0], b.Bytes()[63] = byte(i), byte(i>>8)
+		bufs = append(bufs, b)
+	}
+	if got := slabs.Load() - base; got < 4 {
+		t.Fatalf("%d slabs for %d slots of 64 bytes", got, n)
+	}
+	// Free every other one, then allocate as many again: the freed slots
+	// are reused (no new slab), and no live buffer is touched.
+	mapped := slabs.Load()
+	for i := 0; i < n; i += 2 {
+		bufs[i].Destroy()
+	}
+	for i := 0; i < n; i += 2 {
+		b, err := New(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs[i] = b
+		b.Bytes()[0], b.Bytes()[63] = byte(i), byte(i>>8)
+	}
+	if slabs.Load() != mapped {
+		t.Fatalf("slabs %d -> %d although freed slots were free", mapped, slabs.Load())
+	}
+	for i, b := range bufs {
+		if b.Bytes()[0] != byte(i) || b.Bytes()[63] != byte(i>>8) {
+			t.Fatalf("buffer %d overwritten", i)
+		}
+	}
+	for _, b := range bufs {
+		b.Destroy()
+	}
+	if got := slabs.Load() - base; got > 0 {
+		t.Fatalf("%d slabs of 64-byte slots still mapped with nothing in use", got)
 	}
 }
