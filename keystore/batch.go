@@ -161,8 +161,8 @@ func (ks *Keystore) WrapEach(name string, items []Item, emit EmitFunc) error {
 	if aerr == nil && sealable > 0 {
 		aerr = ks.readNonces(b, sealable, a.NonceSize())
 	}
-	if aerr == nil && k.latestCtr != nil {
-		k.latestCtr.Add(uint64(sealable)) // the nonce budget (nonce.go)
+	if aerr == nil && sealable > 0 {
+		ks.countEncryptions(k, uint64(sealable)) // the nonce budget (nonce.go)
 	}
 	next := 0
 	for i := range items {
@@ -246,9 +246,7 @@ func (ks *Keystore) RewrapEach(name string, items []Item, emit EmitFunc) error {
 			emit(i, 0, nil, err)
 			continue
 		}
-		if ctr := k.latestCtr; ctr != nil {
-			ctr.Add(1) // the nonce budget (nonce.go)
-		}
+		ks.countEncryption(k) // the nonce budget (nonce.go)
 		ns := a.NonceSize()
 		raw, err := b.sealInto(&c, v, b.nonces[i*ns:(i+1)*ns], pt, items[i].AAD)
 		clear(pt)

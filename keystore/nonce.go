@@ -96,7 +96,11 @@ func (ks *Keystore) attachCounterLocked(k *namedKey) {
 // countEncryption counts one encryption under k's latest version. It runs
 // under ks.mu's read lock, possibly in many requests at once: they all get
 // the same counter from the map (made by the first), so none is lost.
-func (ks *Keystore) countEncryption(k *namedKey) {
+func (ks *Keystore) countEncryption(k *namedKey) { ks.countEncryptions(k, 1) }
+
+// countEncryptions counts n encryptions under k's latest version with one
+// add (a wrap batch counts every item it will seal before sealing).
+func (ks *Keystore) countEncryptions(k *namedKey, n uint64) {
 	c := k.latestCtr.Load()
 	if c == nil {
 		if !countsNonces(k.meta.Type) || k.latest() == 0 {
@@ -105,7 +109,7 @@ func (ks *Keystore) countEncryption(k *namedKey) {
 		c = ks.nonces.get(k.meta.Name, k.latest())
 		k.latestCtr.Store(c)
 	}
-	c.Add(1)
+	c.Add(n)
 }
 
 func (nc *nonceCounters) lookup(name string, version int) *atomic.Uint64 {
