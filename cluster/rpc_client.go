@@ -55,9 +55,17 @@ func (n *Node) rpcClient() *http.Client {
 }
 
 func (n *Node) call(ctx context.Context, addr, path string, body []byte) (*applyResponse, int, error) {
+	return n.callHeader(ctx, addr, path, body)
+}
+
+// callHeader is call with the given headers set to "1".
+func (n *Node) callHeader(ctx context.Context, addr, path string, body []byte, headers ...string) (*applyResponse, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, 0, err
+	}
+	for _, h := range headers {
+		req.Header.Set(h, "1")
 	}
 	setOrigin(ctx, req)
 	resp, err := n.rpcClient().Do(req)
