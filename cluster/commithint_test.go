@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"testing"
 	"time"
 
@@ -115,5 +118,48 @@ func TestCluster_RelayCommitRefusesWhatTheLeaderDidNotSay(t *testing.T) {
 	}
 	if _, id := other.n.raft.LeaderWithID(); id != raft.ServerID(nl.id) {
 		t.Fatalf("a stale relayed message made %s follow %s", other.id, id)
+	}
+}
+
+// The leader decodes a forwarded command once (CommandPreparer) and still
+// refuses one whose MAC does not verify, appending nothing, and one that
+// does not decode.
+func TestCluster_ForwardedCommandCheckedOnce(t *testing.T) {
+	c := makeCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, f := c.leader(), c.followers()[0]
+	pv, _ := proposers.Load(f.n)
+	p := pv.(*lazyProposer)
+	captured := make(chan []byte, 1)
+	p.capture = captured
+	if _, err := f.ks.CreateKey(ctx, "forged", "", ""); !errors.Is(err, errCaptured) {
+		t.Fatalf("capturing the command: %v", err)
+	}
+	p.capture = nil
+	cmd := <-captured
+	var env map[string]any
+	if err := json.Unmarshal(cmd, &env); err != nil || env["mac"] == nil {
+		t.Fatalf("not an authenticated envelope: %s", cmd)
+	}
+	mac, _ := base64.StdEncoding.DecodeString(env["mac"].(string))
+	mac[0] ^= 1
+	env["mac"] = mac
+	forged, _ := json.Marshal(env)
+	before := l.n.raft.LastIndex()
+	out, status, err := f.n.call(ctx, l.n.cfg.Net.AdvertiseAddr, "/rpc/apply", forged)
+	if err != nil || status != http.StatusForbidden {
+		t.Fatalf("a command with a wrong MAC: %v %d %+v, want 403", err, status, out)
+	}
+	if _, status, _ := f.n.call(ctx, l.n.cfg.Net.AdvertiseAddr, "/rpc/apply", []byte(`{"f":2,"mac":"x"`)); status != http.StatusBadRequest {
+		t.Fatalf("a command that does not decode: %d, want 400", status)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := l.n.raft.LastIndex(); got != before {
+		t.Fatalf("refused commands grew the log by %d", got-before)
+	}
+	// The genuine one passes.
+	if out, status, err := f.n.call(ctx, l.n.cfg.Net.AdvertiseAddr, "/rpc/apply", cmd); err != nil || status != http.StatusOK || out.Response != "" {
+		t.Fatalf("the genuine command: %v %d %+v", err, status, out)
 	}
 }

@@ -21,7 +21,16 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: err.Error()})
 		return
 	}
-	if err := n.cfg.Codec.Validate(cmd); err != nil {
+	var prepared interface {
+		Verify() error
+		Describe() (op, path string)
+	}
+	if cp, ok := n.cfg.FSM.(CommandPreparer); ok {
+		prepared, err = cp.PrepareCommand(cmd)
+	} else {
+		err = n.cfg.Codec.Validate(cmd)
+	}
+	if err != nil {
 		n.log.Warn("refusing a forwarded command that cannot be applied", "error", err)
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "invalid command: " + err.Error()})
 		return
@@ -39,13 +48,17 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader})
 		return
 	}
-	if v, ok := n.cfg.FSM.(CommandVerifier); ok {
-		if err := v.VerifyCommand(cmd); err != nil {
-			p, _ := peerOfRequest(r)
-			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "command refused: " + err.Error()})
-			writeRPC(w, http.StatusForbidden, applyResponse{Error: "command refused: " + err.Error()})
-			return
-		}
+	verify := func() error { return nil }
+	if prepared != nil {
+		verify = prepared.Verify
+	} else if v, ok := n.cfg.FSM.(CommandVerifier); ok {
+		verify = func() error { return v.VerifyCommand(cmd) }
+	}
+	if err := verify(); err != nil {
+		p, _ := peerOfRequest(r)
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "command refused: " + err.Error()})
+		writeRPC(w, http.StatusForbidden, applyResponse{Error: "command refused: " + err.Error()})
+		return
 	}
 	term := n.raft.CurrentTerm()
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
@@ -79,7 +92,7 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		n.nudgeFollowers()
 	}
 	out.Response = n.cfg.Codec.EncodeResponse(f.Response())
-	n.auditForwarded(r, cmd, out.Response)
+	n.auditForwarded(r, cmd, prepared, out.Response)
 	writeRPC(w, http.StatusOK, out)
 }
 
@@ -233,7 +246,7 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 }
 
 // auditForwarded reports a forwarded write the leader committed.
-func (n *Node) auditForwarded(r *http.Request, cmd []byte, resp string) {
+func (n *Node) auditForwarded(r *http.Request, cmd []byte, prepared interface{ Describe() (op, path string) }, resp string) {
 	if n.cfg.OnForwarded == nil {
 		return
 	}
@@ -242,7 +255,9 @@ func (n *Node) auditForwarded(r *http.Request, cmd []byte, resp string) {
 	if resp != "" {
 		fw.Outcome = clip(resp)
 	}
-	if d, ok := n.cfg.FSM.(Describer); ok {
+	if prepared != nil {
+		fw.Op, fw.Path = prepared.Describe()
+	} else if d, ok := n.cfg.FSM.(Describer); ok {
 		fw.Op, fw.Path = d.Describe(cmd)
 	}
 	n.cfg.OnForwarded(fw)

@@ -458,6 +458,18 @@ type CommandVerifier interface {
 	VerifyCommand(cmd []byte) error
 }
 
+// CommandPreparer is implemented by a StateMachine that decodes a
+// forwarded command once for all the leader's checks: PrepareCommand
+// refuses what Codec.Validate refuses, and what it returns verifies the
+// command as CommandVerifier does and names it as Describer does (the
+// command carries a whole key record, so each decode costs).
+type CommandPreparer interface {
+	PrepareCommand(cmd []byte) (interface {
+		Verify() error
+		Describe() (op, path string)
+	}, error)
+}
+
 // SealState is implemented by a StateMachine that can be sealed: a sealed
 // leader of an initialised cluster cannot authenticate commands and hands
 // leadership to another member.
