@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"errors"
+	"io"
+	"math/rand/v2"
 	"syscall"
 	"time"
 
@@ -25,11 +27,13 @@ import (
 // at once, and a connection attempt to its cluster address is refused. A
 // follower that sees both (expediteElection) shortens its heartbeat and
 // election timeouts to LeaderLeaseTimeout (the least raft allows) through
-// raft.ReloadConfig, and then checks again just after the leader has been
-// silent for that long, so that it becomes a candidate ~250 ms after the
-// leader's last heartbeat; every follower sees the same and gives up on the
-// leader at about the same time, so the pre-votes are granted. Once a
-// leader is known again, the usual timeouts come back. A leader that is
+// raft.ReloadConfig, and then checks again once the leader has been silent
+// for that long, so that it becomes a candidate 250–375 ms after the
+// leader's last heartbeat (at a random point: followers that became
+// candidates at the same moment would split the vote). Every follower sees
+// the same, so by the time the last of them stands, the others have given
+// up on the dead leader and grant its pre-vote. Once a leader is known
+// again, the usual timeouts come back. A leader that is
 // merely slow or cut off (no refused connection) is left to the usual
 // timeouts, so a busy machine does not start elections any sooner than
 // before.
@@ -57,15 +61,25 @@ func (n *Node) probeLeader(addr raft.ServerAddress, id raft.ServerID) {
 		return
 	}
 	defer n.probing.Store(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
-	defer cancel()
-	c, err := dialTLSContext(ctx, string(addr), alpnRPC, n.cfg.Net.ClientTLS)
-	if err == nil {
-		c.Close()
-		return
-	}
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		n.expediteElection(addr, id)
+	// A process being killed may still have its listening socket for a
+	// moment: the connection is accepted, then reset. Ask again shortly.
+	for attempt := 0; attempt < 3; attempt++ {
+		if attempt > 0 && !sleepUntilClosed(n.closed, 20*time.Millisecond) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+		c, err := dialTLSContext(ctx, string(addr), alpnRPC, n.cfg.Net.ClientTLS)
+		cancel()
+		switch {
+		case err == nil:
+			c.Close()
+			return
+		case errors.Is(err, syscall.ECONNREFUSED):
+			n.expediteElection(addr, id)
+			return
+		case !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF):
+			return // a timeout or anything else: not proof of death
+		}
 	}
 }
 
@@ -103,7 +117,12 @@ func (n *Node) expediteElection(addr raft.ServerAddress, id raft.ServerID) {
 			return
 		}
 		defer set(normal.HeartbeatTimeout, normal.ElectionTimeout)
-		wake := time.Until(n.raft.LastContact().Add(fast + 5*time.Millisecond))
+		// Followers last heard from the leader at about the same time
+		// (within its CommitTimeout): a random delay keeps them from
+		// becoming candidates at the same moment and splitting the vote.
+		// The last to give up on the leader gets the others' pre-votes.
+		jitter := rand.N(fast / 2)
+		wake := time.Until(n.raft.LastContact().Add(fast + 5*time.Millisecond + jitter))
 		if wake > 0 && !sleepUntilClosed(n.closed, wake) {
 			return
 		}
