@@ -125,9 +125,10 @@ type Node struct {
 	readTerm atomic.Uint64
 	// logs is the raft log store, watched for pushCommit; self is a raft
 	// transport to this node's own raft listener (commithint.go).
-	logs   *storeWatch
-	self   *raft.NetworkTransport
-	selfMu sync.Mutex
+	logs    *storeWatch
+	self    *raft.NetworkTransport
+	selfMu  sync.Mutex
+	relayed atomic.Uint64 // commit messages raft accepted (tests)
 	// Failover (failover.go): the leader lease, and whether a probe of a
 	// leader that hung up, or a shortened election, is under way.
 	lease      time.Duration

@@ -187,6 +187,9 @@ func (n *Node) pushCommit(ctx context.Context, id raft.ServerID, addr raft.Serve
 		return true
 	}
 	ok, err := n.relayCommit(id, addr, index, term)
+	if ok {
+		n.relayed.Add(1)
+	}
 	if err != nil {
 		n.log.Debug("could not pass the commit index of a forwarded write to raft", "index", index, "error", err)
 	}

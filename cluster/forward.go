@@ -193,7 +193,7 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 			return n.applyLocal(ctx, cmd)
 		}
 		callCtx, cancel := n.whileLeader(ctx, addr)
-		out, status, err := n.callHeader(callCtx, string(addr), "/rpc/apply", cmd, hdrCommitHint)
+		out, status, peer, err := n.callPeer(callCtx, string(addr), "/rpc/apply", cmd, hdrCommitHint)
 		cancel()
 		if err != nil {
 			if notSent(err) && ctx.Err() == nil {
@@ -233,7 +233,11 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 		case out.Error != "":
 			return nil, fmt.Errorf("%w: %s", ErrNoLeader, out.Error)
 		}
-		if out.Term != 0 {
+		// The answer becomes a raft message only if it came from the
+		// member this node follows, over a connection raft itself would
+		// accept from it (a current, unrevoked member): a certificate of
+		// the CA alone must not commit entries here.
+		if out.Term != 0 && peer.id == string(id) && n.admit(peer, alpnRaft) == "" {
 			n.pushCommit(ctx, id, addr, out.Index, out.Term)
 		}
 		if err := n.waitApplied(ctx, out.Index); err != nil {
