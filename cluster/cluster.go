@@ -123,9 +123,21 @@ type Node struct {
 	// readTerm is the last term in which this node, as leader, committed a
 	// barrier, so that its commit index is current for reads (readIndex).
 	readTerm atomic.Uint64
-	rpcSrv   *http.Server
-	rpcOnce  sync.Once
-	rpcHTTP  *http.Client
+	// logs is the raft log store, watched for pushCommit; self is a raft
+	// transport to this node's own raft listener (commithint.go).
+	logs    *storeWatch
+	self    *raft.NetworkTransport
+	selfMu  sync.Mutex
+	relayed atomic.Uint64 // commit messages raft accepted (tests)
+	// Failover (failover.go): the leader lease, and whether a probe of a
+	// leader that hung up, or a shortened election, is under way.
+	lease      time.Duration
+	probing    atomic.Bool
+	expediting atomic.Bool
+	expedited  atomic.Uint64 // elections shortened so far (tests)
+	rpcSrv     *http.Server
+	rpcOnce    sync.Once
+	rpcHTTP    *http.Client
 
 	// Cluster-port admission (trust.go).
 	joinOnce      sync.Mutex // serialises joins on the leader
@@ -185,6 +197,7 @@ func Open(cfg Config) (*Node, error) {
 		rc.HeartbeatTimeout = 500 * time.Millisecond
 		rc.ElectionTimeout = 500 * time.Millisecond
 		rc.LeaderLeaseTimeout = 250 * time.Millisecond
+		n.lease = rc.LeaderLeaseTimeout
 		// Followers learn that an entry committed only from the leader's
 		// next AppendEntries; when idle the leader sends one after
 		// CommitTimeout (default 50 ms). A write forwarded by a follower
@@ -202,12 +215,14 @@ func Open(cfg Config) (*Node, error) {
 			Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: cfg.Logger.Named("raft-net"),
 		})
 		bootstrap = cfg.Net.Bootstrap
+		n.self = newSelfTransport(m.raft, n)
 		n.rpcSrv = n.newRPCServer()
 		go n.rpcSrv.Serve(m.rpc)
 	}
 
 	n.fsm = &fsm{sm: cfg.FSM, snaps: snaps}
-	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, n.trans)
+	n.logs = &storeWatch{LogStore: store}
+	r, err := raft.NewRaft(rc, n.fsm, n.logs, store, snaps, n.trans)
 	if err != nil {
 		n.closeTransport()
 		store.Close()
@@ -272,7 +287,9 @@ func setLogRetention(rc *raft.Config) {
 
 // WaitLeader blocks until a leader is known or ctx ends.
 func (n *Node) WaitLeader(ctx context.Context) error {
-	t := time.NewTicker(20 * time.Millisecond)
+	// Short: a write waiting here during a failover goes out as soon as
+	// the new leader is known (a poll costs a mutex and nothing else).
+	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
 		if addr, _ := n.raft.LeaderWithID(); addr != "" {
@@ -388,6 +405,9 @@ func (n *Node) closeTransport() {
 	}
 	if n.rpcSrv != nil {
 		n.rpcSrv.Close()
+	}
+	if n.self != nil {
+		n.self.Close()
 	}
 	if c, ok := n.trans.(io.Closer); ok {
 		c.Close()

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,11 +32,25 @@ func openNode(t *testing.T, dir string) (*Node, *keystore.Keystore) {
 	return n, ks
 }
 
-type lazyProposer struct{ n *Node }
+type lazyProposer struct {
+	n *Node
+	// capture, if set, takes the next command instead of proposing it
+	// (a test forwards it itself).
+	capture chan []byte
+}
+
+var errCaptured = errors.New("captured by the test, not proposed")
 
 func (p *lazyProposer) Propose(ctx context.Context, b []byte) (any, error) {
+	if p.capture != nil {
+		p.capture <- b
+		return nil, errCaptured
+	}
 	return p.n.Propose(ctx, b)
 }
+
+// proposers maps a test node to its keystore's proposer (netNode).
+var proposers sync.Map // *Node → *lazyProposer
 
 // TestNode_ReplaysAfterRestart: writes committed through raft survive a
 // restart, from the log and from a snapshot.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -20,7 +21,16 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: err.Error()})
 		return
 	}
-	if err := n.cfg.Codec.Validate(cmd); err != nil {
+	var prepared interface {
+		Verify() error
+		Describe() (op, path string)
+	}
+	if cp, ok := n.cfg.FSM.(CommandPreparer); ok {
+		prepared, err = cp.PrepareCommand(cmd)
+	} else {
+		err = n.cfg.Codec.Validate(cmd)
+	}
+	if err != nil {
 		n.log.Warn("refusing a forwarded command that cannot be applied", "error", err)
 		writeRPC(w, http.StatusBadRequest, applyResponse{Error: "invalid command: " + err.Error()})
 		return
@@ -38,14 +48,19 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader})
 		return
 	}
-	if v, ok := n.cfg.FSM.(CommandVerifier); ok {
-		if err := v.VerifyCommand(cmd); err != nil {
-			p, _ := peerOfRequest(r)
-			n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "command refused: " + err.Error()})
-			writeRPC(w, http.StatusForbidden, applyResponse{Error: "command refused: " + err.Error()})
-			return
-		}
+	verify := func() error { return nil }
+	if prepared != nil {
+		verify = prepared.Verify
+	} else if v, ok := n.cfg.FSM.(CommandVerifier); ok {
+		verify = func() error { return v.VerifyCommand(cmd) }
 	}
+	if err := verify(); err != nil {
+		p, _ := peerOfRequest(r)
+		n.refused(Refusal{Remote: r.RemoteAddr, NodeID: p.id, What: r.URL.Path, Reason: "command refused: " + err.Error()})
+		writeRPC(w, http.StatusForbidden, applyResponse{Error: "command refused: " + err.Error()})
+		return
+	}
+	term := n.raft.CurrentTerm()
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		// Only ErrNotLeader means the entry was never appended, so that the
@@ -65,22 +80,40 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 		writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
 		return
 	}
-	n.nudgeFollowers()
-	resp := n.cfg.Codec.EncodeResponse(f.Response())
-	n.auditForwarded(r, cmd, resp)
-	writeRPC(w, http.StatusOK, applyResponse{Response: resp, Index: f.Index()})
+	out := applyResponse{Index: f.Index()}
+	// The term did not change from before the entry was appended to its
+	// commit, so it was appended in this term, which this node led: the
+	// follower may tell its raft so (pushCommit, commithint.go).
+	if n.raft.CurrentTerm() == term {
+		out.Term = term
+	}
+	// A follower that pushes the commit index itself needs no barrier.
+	if out.Term == 0 || r.Header.Get(hdrCommitHint) == "" {
+		n.nudgeFollowers()
+	}
+	out.Response = n.cfg.Codec.EncodeResponse(f.Response())
+	n.auditForwarded(r, cmd, prepared, out.Response)
+	writeRPC(w, http.StatusOK, out)
 }
+
+// hdrCommitHint: the follower forwarding a write will pass the commit
+// index to its raft itself (pushCommit) when the answer carries the term.
+// Older followers do not send it and get the barrier.
+const hdrCommitHint = "Coffer-Commit-Hint"
 
 // A follower learns that an entry committed only from the leader's next
 // AppendEntries, which an idle leader sends after CommitTimeout (5–10 ms
 // here: raft randomises it). The follower that forwarded a write answers
 // only once it applied the write itself, so it used to wait for that tick:
-// 13 ms at p50 against 2 ms through the leader (docs/benchmarks.md). After
-// committing a forwarded write the leader therefore appends a barrier
-// entry at once: replicating it carries the new commit index to every
-// follower within a round trip. nudgeLoop keeps at most one barrier in
-// flight, so a burst of forwarded writes adds one entry per round trip,
-// not one per write.
+// 13 ms at p50 against 2 ms through the leader (docs/benchmarks.md). A
+// follower of this version passes the commit index to its raft itself
+// (pushCommit). For one that does not (an older version during a rolling
+// upgrade), or when the leader cannot vouch for the entry's term, the
+// leader appends a barrier entry at once after committing a forwarded
+// write: replicating it carries the new commit index to every follower
+// within a round trip (but costs an fsync on every node). nudgeLoop keeps
+// at most one barrier in flight, so a burst of forwarded writes adds one
+// entry per round trip, not one per write.
 
 // nudgeFollowers asks for a barrier; it never blocks.
 func (n *Node) nudgeFollowers() {
@@ -129,11 +162,27 @@ func (n *Node) whileLeader(ctx context.Context, addr raft.ServerAddress) (contex
 	return c, cancel
 }
 
+// waitLeaderChange waits until this node no longer sees addr as the
+// leader, or for d; false if ctx ended. During a failover the new leader is
+// then tried as soon as it is known, not up to d later.
+func (n *Node) waitLeaderChange(ctx context.Context, addr raft.ServerAddress, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if a, _ := n.raft.LeaderWithID(); a != addr {
+			return true
+		}
+		if !sleepCtx(ctx, 5*time.Millisecond) {
+			return false
+		}
+	}
+	return ctx.Err() == nil
+}
+
 // forward sends a command to the leader and waits until this node has
 // applied it too, so that a client reads its own write from any node.
 func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 	for {
-		addr, _ := n.raft.LeaderWithID()
+		addr, id := n.raft.LeaderWithID()
 		if addr == "" {
 			if err := n.WaitLeader(ctx); err != nil {
 				return nil, ErrNoLeader
@@ -144,12 +193,16 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 			return n.applyLocal(ctx, cmd)
 		}
 		callCtx, cancel := n.whileLeader(ctx, addr)
-		out, status, err := n.call(callCtx, string(addr), "/rpc/apply", cmd)
+		out, status, peer, err := n.callPeer(callCtx, string(addr), "/rpc/apply", cmd, hdrCommitHint)
 		cancel()
 		if err != nil {
 			if notSent(err) && ctx.Err() == nil {
 				n.log.Debug("cannot reach the leader; retrying", "leader", addr, "error", err)
-				if !sleepCtx(ctx, 100*time.Millisecond) {
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					// Its process is gone (failover.go).
+					n.expediteElection(addr, id)
+				}
+				if !n.waitLeaderChange(ctx, addr, 100*time.Millisecond) {
 					return nil, ErrNoLeader
 				}
 				continue
@@ -180,6 +233,13 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 		case out.Error != "":
 			return nil, fmt.Errorf("%w: %s", ErrNoLeader, out.Error)
 		}
+		// The answer becomes a raft message only if it came from the
+		// member this node follows, over a connection raft itself would
+		// accept from it (a current, unrevoked member): a certificate of
+		// the CA alone must not commit entries here.
+		if out.Term != 0 && peer.id == string(id) && n.admit(peer, alpnRaft) == "" {
+			n.pushCommit(ctx, id, addr, out.Index, out.Term)
+		}
 		if err := n.waitApplied(ctx, out.Index); err != nil {
 			// Committed by the leader, not yet applied here: retrying
 			// would apply it twice.
@@ -190,7 +250,7 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (any, error) {
 }
 
 // auditForwarded reports a forwarded write the leader committed.
-func (n *Node) auditForwarded(r *http.Request, cmd []byte, resp string) {
+func (n *Node) auditForwarded(r *http.Request, cmd []byte, prepared interface{ Describe() (op, path string) }, resp string) {
 	if n.cfg.OnForwarded == nil {
 		return
 	}
@@ -199,7 +259,9 @@ func (n *Node) auditForwarded(r *http.Request, cmd []byte, resp string) {
 	if resp != "" {
 		fw.Outcome = clip(resp)
 	}
-	if d, ok := n.cfg.FSM.(Describer); ok {
+	if prepared != nil {
+		fw.Op, fw.Path = prepared.Describe()
+	} else if d, ok := n.cfg.FSM.(Describer); ok {
 		fw.Op, fw.Path = d.Describe(cmd)
 	}
 	n.cfg.OnForwarded(fw)

@@ -41,7 +41,8 @@ func netNode(t *testing.T, tlsDir, certNode, id string, bootstrap bool) *Node {
 		t.Fatal(err)
 	}
 	p.n = n
-	t.Cleanup(func() { n.Close() })
+	proposers.Store(n, p)
+	t.Cleanup(func() { n.Close(); proposers.Delete(n) })
 	return n
 }
 

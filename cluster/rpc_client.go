@@ -3,12 +3,14 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"time"
 )
 
@@ -55,9 +57,32 @@ func (n *Node) rpcClient() *http.Client {
 }
 
 func (n *Node) call(ctx context.Context, addr, path string, body []byte) (*applyResponse, int, error) {
+	return n.callHeader(ctx, addr, path, body)
+}
+
+// callPeer is call with the given headers set to "1"; it also returns who
+// answered: the node its verified certificate names.
+func (n *Node) callPeer(ctx context.Context, addr, path string, body []byte, headers ...string) (*applyResponse, int, peerInfo, error) {
+	var peer peerInfo
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if pc, ok := info.Conn.(plainConn); ok {
+			if tc, ok := pc.Conn.(*tls.Conn); ok {
+				peer, _ = peerOf(tc.ConnectionState())
+			}
+		}
+	}})
+	out, status, err := n.callHeader(ctx, addr, path, body, headers...)
+	return out, status, peer, err
+}
+
+// callHeader is call with the given headers set to "1".
+func (n *Node) callHeader(ctx context.Context, addr, path string, body []byte, headers ...string) (*applyResponse, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, 0, err
+	}
+	for _, h := range headers {
+		req.Header.Set(h, "1")
 	}
 	setOrigin(ctx, req)
 	resp, err := n.rpcClient().Do(req)

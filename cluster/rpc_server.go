@@ -16,11 +16,14 @@ import (
 const maxRPCBody = 64 << 20 // a keyring or key record; snapshots are not forwarded
 
 type applyResponse struct {
-	Response string `json:"response"`        // Codec.EncodeResponse of the FSM's answer
-	Index    uint64 `json:"index"`           // the log index it was applied at
-	Leader   string `json:"leader"`          // set with errNotLeader: who to ask instead
-	Error    string `json:"error,omitempty"` // "not_leader", or a failure to commit
-	Code     string `json:"code,omitempty"`  // "invalid_token" on a join refused for its token
+	Response string `json:"response"` // Codec.EncodeResponse of the FSM's answer
+	Index    uint64 `json:"index"`    // the log index it was applied at
+	// Term: with Index on /rpc/apply, the term the entry was appended and
+	// committed in by the answering leader (0: not known); pushCommit.
+	Term   uint64 `json:"term,omitempty"`
+	Leader string `json:"leader"`          // set with errNotLeader: who to ask instead
+	Error  string `json:"error,omitempty"` // "not_leader", or a failure to commit
+	Code   string `json:"code,omitempty"`  // "invalid_token" on a join refused for its token
 }
 
 const errNotLeader = "not_leader"

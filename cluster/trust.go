@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -321,8 +322,21 @@ const sweepEvery = 250 * time.Millisecond
 // trackedConn untracks itself when closed.
 type trackedConn struct {
 	net.Conn
-	n    *Node
-	once sync.Once
+	n      *Node
+	once   sync.Once
+	peerID string
+	raft   bool // a raft connection (failover.go watches them end)
+	ended  atomic.Bool
+}
+
+// Read reports the end of a raft connection a peer opened to this node:
+// when the peer is the leader, its process may be gone (failover.go).
+func (c *trackedConn) Read(b []byte) (int, error) {
+	k, err := c.Conn.Read(b)
+	if err != nil && c.raft && c.ended.CompareAndSwap(false, true) {
+		c.n.leaderConnLost(c.peerID)
+	}
+	return k, err
 }
 
 func (c *trackedConn) Close() error {
@@ -388,7 +402,7 @@ func (n *Node) gate(tc *tls.Conn, proto string, hsErr error) net.Conn {
 		n.refused(Refusal{Remote: remote, NodeID: p.id, What: proto, Reason: reason})
 		return nil
 	}
-	c := &trackedConn{Conn: tc, n: n}
+	c := &trackedConn{Conn: tc, n: n, peerID: p.id, raft: proto == alpnRaft}
 	// A non-member's RPC connections are kept (join is open to it), but
 	// not any number of them: each costs a file descriptor, and the
 	// certificate may be stolen or issued ahead of a join.
@@ -442,6 +456,18 @@ func (e *tokenError) Is(target error) bool { return target == ErrInvalidToken }
 // appends it, so that a member's certificate alone cannot fill the log.
 type CommandVerifier interface {
 	VerifyCommand(cmd []byte) error
+}
+
+// CommandPreparer is implemented by a StateMachine that decodes a
+// forwarded command once for all the leader's checks: PrepareCommand
+// refuses what Codec.Validate refuses, and what it returns verifies the
+// command as CommandVerifier does and names it as Describer does (the
+// command carries a whole key record, so each decode costs).
+type CommandPreparer interface {
+	PrepareCommand(cmd []byte) (interface {
+		Verify() error
+		Describe() (op, path string)
+	}, error)
 }
 
 // SealState is implemented by a StateMachine that can be sealed: a sealed

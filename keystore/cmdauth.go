@@ -199,14 +199,59 @@ func (ks *Keystore) checkLocked(c *command, inner, mac []byte) (error, bool) {
 // once commands are authenticated. A sealed leader cannot check and says
 // so (ErrSealed): it hands leadership to an unsealed member instead.
 func (ks *Keystore) VerifyCommand(b []byte) error {
-	inner, mac, err := splitEnvelope(b)
+	p, err := ks.prepare(b)
 	if err != nil {
 		return err
+	}
+	return p.Verify()
+}
+
+// preparedCommand is a forwarded command decoded once for the leader's
+// checks: the cluster validates it (PrepareCommand), verifies it and
+// describes it for the audit log without decoding it again each time.
+type preparedCommand struct {
+	ks         *Keystore
+	inner, mac []byte
+	c          *command
+}
+
+// PrepareCommand decodes a forwarded command (what ResponseCodec.Validate
+// checks): it returns what verifies and describes it.
+func (ks *Keystore) PrepareCommand(b []byte) (interface {
+	Verify() error
+	Describe() (op, path string)
+}, error) {
+	p, err := ks.prepare(b)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (ks *Keystore) prepare(b []byte) (*preparedCommand, error) {
+	inner, mac, err := splitEnvelope(b)
+	if err != nil {
+		return nil, err
 	}
 	c, err := DecodeCommand(inner)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	return &preparedCommand{ks: ks, inner: inner, mac: mac, c: c}, nil
+}
+
+// Describe names the command's operation and path (see Keystore.Describe).
+func (p *preparedCommand) Describe() (op, path string) {
+	if p.c.Op == opEnrol {
+		return "enrol-" + p.c.Enrol.Do, p.c.Enrol.NodeID
+	}
+	return p.c.Op, p.c.Path
+}
+
+// Verify is VerifyCommand's check of the MAC, against the keyring as it is
+// now.
+func (p *preparedCommand) Verify() error {
+	ks, c, inner, mac := p.ks, p.c, p.inner, p.mac
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
 	if ks.seal == nil && c.Op != opInit {
@@ -282,8 +327,5 @@ func (ks *Keystore) Describe(b []byte) (op, path string) {
 	if err != nil {
 		return "unknown", ""
 	}
-	if c.Op == opEnrol {
-		return "enrol-" + c.Enrol.Do, c.Enrol.NodeID
-	}
-	return c.Op, c.Path
+	return (&preparedCommand{c: c}).Describe()
 }
