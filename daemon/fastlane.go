@@ -295,7 +295,13 @@ func (fl *fastLane) serve(fc *fastConn) {
 			fl.mu.Lock()
 			delete(fl.conns, fc)
 			fl.mu.Unlock()
-			handedOff = fl.handoff.give(&replayConn{Conn: fc.c, r: fc.br, cs: fc.cs, cancel: fc.cancel})
+			// The head's deadline goes with it: net/http starts its
+			// own header timeout, so a head trickled to the lane up to
+			// its limit would otherwise get the limit again there.
+			rp := &replayConn{Conn: fc.c, r: fc.br, cs: fc.cs, cancel: fc.cancel,
+				headDeadline: fl.base.Add(time.Duration(fc.deadline.Load()))}
+			rp.Conn.SetReadDeadline(rp.headDeadline)
+			handedOff = fl.handoff.give(rp)
 			return
 		}
 		fc.br.Discard(len(head))
@@ -716,17 +722,74 @@ type replayConn struct {
 	r      *laneReader // nil once drained (and wiped)
 	cs     *connState
 	cancel context.CancelFunc
+	// headDeadline is the lane's deadline for the head it hands over:
+	// until that head has been read (headDone), no read deadline net/http
+	// sets goes past it. mu: net/http sets deadlines from other
+	// goroutines than its reads.
+	mu           sync.Mutex
+	headDeadline time.Time
+	headDone     bool
+	lf           bool // the last byte read was LF
+	cr           bool // ... and the bytes since it a single CR
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
 	if c.r != nil {
 		if c.r.Buffered() > 0 {
-			return c.r.Read(p)
+			n, err = c.r.Read(p)
+			c.scanHead(p[:n])
+			return n, err
 		}
 		c.r.wipe()
 		c.r = nil
 	}
-	return c.Conn.Read(p)
+	n, err = c.Conn.Read(p)
+	c.scanHead(p[:n])
+	return n, err
+}
+
+// scanHead follows the first head through its blank line (LF LF or LF CR
+// LF, the line ends net/http reads), after which the head deadline no
+// longer applies.
+func (c *replayConn) scanHead(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.headDone {
+		return
+	}
+	for _, x := range b {
+		switch {
+		case x == '\n' && c.lf:
+			c.headDone = true
+			return
+		case x == '\n':
+			c.lf, c.cr = true, false
+		case x == '\r' && c.lf && !c.cr:
+			c.cr = true
+		default:
+			c.lf, c.cr = false, false
+		}
+	}
+}
+
+// SetReadDeadline keeps net/http's deadlines within the head's until the
+// head handed over has been read.
+func (c *replayConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	if !c.headDone && (t.IsZero() || t.After(c.headDeadline)) {
+		t = c.headDeadline
+	}
+	c.mu.Unlock()
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *replayConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
 }
 
 func (c *replayConn) Close() error {
