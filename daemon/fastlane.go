@@ -739,6 +739,12 @@ func (c *replayConn) Read(p []byte) (int, error) {
 	if c.r != nil {
 		if c.r.Buffered() > 0 {
 			n, err = c.r.Read(p)
+			// Drained: zeroed now, as net/http may never read again
+			// (it reads 4 KiB at once, the whole buffer).
+			if c.r.Buffered() == 0 {
+				c.r.wipe()
+				c.r = nil
+			}
 			c.scanHead(p[:n])
 			return n, err
 		}

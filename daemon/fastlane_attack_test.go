@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"bytes"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -44,4 +46,31 @@ func TestFastLane_HandoffKeepsHeadDeadline(t *testing.T) {
 	}()
 	// net/http's fresh timeout would end it at 3.8 s.
 	waitClosed(t, rc.c, start, header-50*time.Millisecond, header+time.Second, "large head trickled across the handoff")
+}
+
+// TestReplayConn_WipesOnceDrained: the bytes the lane read before a
+// handoff (here an unseal share in a request net/http serves) are zeroed
+// as soon as net/http has read them, not only at its next read: net/http
+// reads them in one go, and a connection it closes then (an error answer,
+// Connection: close) never reads again, so they stayed in the lane's
+// buffer.
+func TestReplayConn_WipesOnceDrained(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	req := rawRequest("POST", "/v1/sys/unseal", `{"share":"c2VjcmV0IHNoYXJlIHNlY3JldCBzaGFyZQ=="}`, "Connection: close")
+	go io.WriteString(b, req)
+	lr := newLaneReader(a, fastReadBuf)
+	if _, err := lr.Peek(len(req)); err != nil {
+		t.Fatal(err)
+	}
+	rc := &replayConn{Conn: a, r: lr, cancel: func() {}, headDone: true}
+	p := make([]byte, 4096) // net/http's read buffer
+	n, err := rc.Read(p)
+	if err != nil || string(p[:n]) != req {
+		t.Fatalf("read %q, %v", p[:n], err)
+	}
+	if !bytes.Equal(lr.buf, make([]byte, len(lr.buf))) {
+		t.Fatal("the handed-over request is still in the lane's buffer after net/http read it")
+	}
 }
