@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -73,4 +75,74 @@ func TestReplayConn_WipesOnceDrained(t *testing.T) {
 	if !bytes.Equal(lr.buf, make([]byte, len(lr.buf))) {
 		t.Fatal("the handed-over request is still in the lane's buffer after net/http read it")
 	}
+}
+
+// laneFrames follows a byte stream as the lane's serve loop does: a head
+// within the read buffer that parseFastHead accepts, then Content-Length
+// bytes of body, again and again; it stops where the lane would hand the
+// rest to net/http (or close: Connection: close, or the stream ends
+// inside a body). It returns the heads served and where the lane stopped.
+func laneFrames(stream []byte) (heads []fastHead, off int) {
+	for off < len(stream) {
+		window := stream[off:min(len(stream), off+fastReadBuf)]
+		end := headEnd(window)
+		if end < 0 {
+			return heads, off
+		}
+		var h fastHead
+		if !parseFastHead(window[:end], &h) {
+			return heads, off
+		}
+		if int64(len(stream)-off-end) < h.contentLength {
+			return heads, off
+		}
+		// The head is copied: h's slices point into the stream.
+		h.path, h.host = bytes.Clone(h.path), bytes.Clone(h.host)
+		heads = append(heads, h)
+		off += end + int(h.contentLength)
+		if h.close {
+			return heads, off
+		}
+	}
+	return heads, off
+}
+
+// FuzzFastStream: on a pipelined stream, every request the lane serves is
+// the request net/http reads at the same place (method, path, host,
+// length, close), the bodies end where net/http's end, and the lane hands
+// over exactly where net/http's next request starts — no request is read
+// differently by the two, and none is hidden in another's body (request
+// smuggling between the lane and net/http). Seeds:
+// testdata/fuzz/FuzzFastStream.
+func FuzzFastStream(f *testing.F) {
+	w := "POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 20\r\n\r\n" + `{"plaintext":"eA=="}`
+	f.Add([]byte(w + w))
+	f.Add([]byte(w + "GET /v1/sys/status HTTP/1.1\r\nHost: coffer\r\n\r\n" + w))
+	f.Add([]byte("POST /v1/keys/a/unwrap HTTP/1.1\r\nHost: x\r\nContent-Length: 0005\r\n\r\nabcdePOST /v1/keys/a/wrap HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" + w))
+	f.Add([]byte("POST /v1/keys/a/wrap HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n\r\n\r\nPOST /v1/keys/a/wrap HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"))
+	f.Add([]byte("POST /v1/keys/a/wrap HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nPOST /v1/keys/a/wrap HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		heads, off := laneFrames(stream)
+		if len(heads) == 0 {
+			return
+		}
+		src := bytes.NewReader(stream)
+		br := bufio.NewReader(src)
+		for i, h := range heads {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				t.Fatalf("%q: the lane serves request %d, net/http refuses it: %v", stream, i, err)
+			}
+			if r.Method != http.MethodPost || r.URL.Path != string(h.path) || r.Host != string(h.host) ||
+				r.ContentLength != h.contentLength || r.Close != h.close || len(r.TransferEncoding) != 0 || r.URL.RawQuery != "" {
+				t.Fatalf("%q: request %d: lane %+v, net/http %s %s host %q length %d close %v", stream, i, h, r.Method, r.URL.Path, r.Host, r.ContentLength, r.Close)
+			}
+			if n, err := io.Copy(io.Discard, r.Body); err != nil || n != h.contentLength {
+				t.Fatalf("%q: request %d: net/http reads a body of %d bytes (%v), the lane %d", stream, i, n, err, h.contentLength)
+			}
+		}
+		if used := len(stream) - src.Len() - br.Buffered(); used != off {
+			t.Fatalf("%q: the lane stops at byte %d, net/http's next request starts at %d", stream, off, used)
+		}
+	})
 }
