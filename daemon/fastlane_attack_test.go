@@ -146,3 +146,50 @@ func FuzzFastStream(f *testing.F) {
 		}
 	})
 }
+
+// TestFastLane_ConnCountsReleased: every way a connection ends, on either
+// lane (closed by the caller, by Connection: close, by a time limit of the
+// lane's sweeper or of net/http after a handoff, by an answer to a
+// malformed request), gives its count back to the per-uid and total caps:
+// a leak would end with every caller refused at accept.
+func TestFastLane_ConnCountsReleased(t *testing.T) {
+	n := startNodeOpts(t, t.TempDir(), nil, func(o *Options) {
+		o.ReadTimeout, o.headerTimeout, o.writeTimeout, o.idleTimeout = 700*time.Millisecond, 400*time.Millisecond, time.Second, 500*time.Millisecond
+	})
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	wrap := rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`)
+	status := "GET /v1/sys/status HTTP/1.1\r\nHost: coffer\r\n\r\n"
+	for _, in := range []string{
+		wrap,               // lane, closed by the caller
+		status,             // handed off, closed by the caller
+		wrap + status,      // both
+		"",                 // no request: the lane's header timeout
+		wrap[:30],          // a head cut short: the lane's header timeout
+		wrap[:len(wrap)-5], // a body cut short: the lane's read timeout
+		status[:20] + "X: " + strings.Repeat("a", 5000), // handed off unfinished: net/http's limit
+		rawRequest("POST", "/v1/keys/app/wrap", `{"plaintext":"eA=="}`, "Connection: close"),
+		"GET / HTTP/1.1\r\nHost: coffer\r\nBad Header\r\n\r\n", // net/http answers 400 and closes
+	} {
+		for _, keep := range []bool{false, true} {
+			c, err := net.Dial("unix", n.cfg.Listener.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(c, in)
+			if keep {
+				// The server ends it (idle or other limit, or close).
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				io.Copy(io.Discard, c)
+			} else {
+				time.Sleep(50 * time.Millisecond)
+			}
+			c.Close()
+		}
+	}
+	waitFor(t, "every connection's count released", 5*time.Second, func() bool {
+		n.srv.limiter.mu.Lock()
+		defer n.srv.limiter.mu.Unlock()
+		return n.srv.limiter.total == 0 && len(n.srv.limiter.perUID) == 0
+	})
+}
