@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/coffer-kms/coffer/api"
 )
@@ -192,4 +194,52 @@ func TestFastLane_ConnCountsReleased(t *testing.T) {
 		defer n.srv.limiter.mu.Unlock()
 		return n.srv.limiter.total == 0 && len(n.srv.limiter.perUID) == 0
 	})
+}
+
+// TestReadBody_OutgrownBufferZeroed: a hot request's body sent without a
+// Content-Length (chunked, served by net/http) grows its buffer as it is
+// read; each outgrown buffer held the start of the body (a wrap's
+// plaintext) and was left to the garbage collector unzeroed.
+func TestReadBody_OutgrownBufferZeroed(t *testing.T) {
+	secret := bytes.Repeat([]byte("c2VjcmV0"), 2000) // 16,000 bytes: outgrows the pooled 4 KiB
+	g := &growWatcher{data: secret}
+	r := httptest.NewRequest("POST", "/v1/keys/app/wrap", g)
+	r.ContentLength = -1
+	rc := &reqCtx{w: httptest.NewRecorder(), r: r, bodyLimit: api.MaxBody}
+	body, release, err := readBody(rc)
+	if err != nil || !bytes.Equal(body, secret) {
+		t.Fatalf("body %d bytes, %v", len(body), err)
+	}
+	defer release()
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(body)))
+	end := start + uintptr(cap(body))
+	outgrown := 0
+	for _, w := range g.written {
+		if a := uintptr(unsafe.Pointer(unsafe.SliceData(w))); a >= start && a < end {
+			continue // in the buffer still in use
+		}
+		outgrown++
+		if !bytes.Equal(w, make([]byte, len(w))) {
+			t.Fatalf("%d bytes of the body are still in an outgrown buffer", len(w))
+		}
+	}
+	if outgrown == 0 {
+		t.Fatal("the body never outgrew its buffer: the test checks nothing")
+	}
+}
+
+// growWatcher is a body that remembers where it was read into.
+type growWatcher struct {
+	data    []byte
+	written [][]byte
+}
+
+func (g *growWatcher) Read(p []byte) (int, error) {
+	if len(g.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, g.data[:min(len(g.data), 1000)])
+	g.data = g.data[n:]
+	g.written = append(g.written, p[:n:n])
+	return n, nil
 }
