@@ -247,10 +247,15 @@ func (fl *fastLane) serve(fc *fastConn) {
 		// As net/http: a handler's panic ends its connection, not the
 		// daemon. The stack is logged, not the panic's value (it could
 		// quote a request).
-		if v := recover(); v != nil && v != http.ErrAbortHandler {
-			buf := make([]byte, 64<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			fl.s.log.Error("panic serving a request: closing its connection", "stack", string(buf))
+		if v := recover(); v != nil {
+			// What the handler had written (plaintext, for an unwrap)
+			// is zeroed: flush, which does it otherwise, will not run.
+			fc.w.discard()
+			if v != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				fl.s.log.Error("panic serving a request: closing its connection", "stack", string(buf))
+			}
 		}
 		fl.mu.Lock()
 		delete(fl.conns, fc)
@@ -528,6 +533,21 @@ func (w *fastWriter) flush(closeAfter bool) error {
 		w.body = nil
 	}
 	return err
+}
+
+// discard zeroes an answer that will not be written and gives its buffer
+// back.
+func (w *fastWriter) discard() {
+	if w.body == nil {
+		return
+	}
+	body := *w.body
+	clear(body)
+	if cap(body) <= maxPooledAnswer {
+		*w.body = body[:0]
+		answerPool.Put(w.body)
+	}
+	w.body = nil
 }
 
 // laneAnswer reports whether w (a handler's writer) answers on the fast

@@ -243,3 +243,55 @@ func (g *growWatcher) Read(p []byte) (int, error) {
 	g.written = append(g.written, p[:n:n])
 	return n, nil
 }
+
+// TestFastLane_PanicZeroesAnswer: a handler that panics after writing
+// (a bug, not an input: no route does) ends its connection; the answer it
+// had written into the lane's buffer — plaintext, for an unwrap — was
+// left unzeroed then.
+func TestFastLane_PanicZeroesAnswer(t *testing.T) {
+	n := startNode(t, t.TempDir(), nil)
+	n.init(1, 1)
+	n.must("POST", "/v1/keys", api.CreateKeyRequest{Name: "app"}, nil, 201)
+	writtenc := make(chan []byte, 1)
+	orig := keyActionRoutes["unwrap"]["POST"]
+	t.Cleanup(func() { keyActionRoutes["unwrap"]["POST"] = orig })
+	rt := orig
+	rt.handler = func(s *Server, rc *reqCtx) error {
+		writeRaw(rc.w, 200, []byte(`{"plaintext":"c2VjcmV0IHBsYWludGV4dA=="}`))
+		fw, ok := rc.aw.ResponseWriter.(*fastWriter)
+		if !ok || fw.body == nil {
+			t.Error("not answered on the fast lane")
+			return nil
+		}
+		writtenc <- *fw.body
+		panic("handler bug")
+	}
+	keyActionRoutes["unwrap"]["POST"] = rt
+	c, err := net.Dial("unix", n.cfg.Listener.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, rawRequest("POST", "/v1/keys/app/unwrap", `{"ciphertext":"coffer:v1:AAAA"}`))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(c); len(b) != 0 {
+		t.Fatalf("answered %q after the handler panicked", b)
+	}
+	var written []byte
+	select {
+	case written = <-writtenc:
+	default:
+		t.Fatal("the handler did not run")
+	}
+	// The lane's goroutine is done with the connection (and, under its
+	// lock, with the buffer).
+	fl := n.srv.fast
+	waitFor(t, "the lane let the connection go", 5*time.Second, func() bool {
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		return len(fl.conns) == 0
+	})
+	if bytes.Contains(written[:cap(written)], []byte("c2VjcmV0")) {
+		t.Fatal("the answer written before the panic is still in the lane's buffer")
+	}
+}
