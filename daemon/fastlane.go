@@ -304,7 +304,8 @@ func (fl *fastLane) serve(fc *fastConn) {
 			// own header timeout, so a head trickled to the lane up to
 			// its limit would otherwise get the limit again there.
 			rp := &replayConn{Conn: fc.c, r: fc.br, cs: fc.cs, cancel: fc.cancel,
-				headDeadline: fl.base.Add(time.Duration(fc.deadline.Load()))}
+				headDeadline: fl.base.Add(time.Duration(fc.deadline.Load())),
+				reqDeadline:  fl.base.Add(time.Duration(t0 + int64(fl.readTimeout)))}
 			rp.Conn.SetReadDeadline(rp.headDeadline)
 			handedOff = fl.handoff.give(rp)
 			return
@@ -744,11 +745,16 @@ type replayConn struct {
 	cancel context.CancelFunc
 	// headDeadline is the lane's deadline for the head it hands over:
 	// until that head has been read (headDone), no read deadline net/http
-	// sets goes past it. mu: net/http sets deadlines from other
+	// sets goes past it. reqDeadline bounds the request's body the same
+	// way: net/http sets its read timeout once it has read a head (the
+	// first deadline set after it, reqDone), counting from then, not from
+	// the head's start on the lane. mu: net/http sets deadlines from other
 	// goroutines than its reads.
 	mu           sync.Mutex
 	headDeadline time.Time
+	reqDeadline  time.Time
 	headDone     bool
+	reqDone      bool
 	lf           bool // the last byte read was LF
 	cr           bool // ... and the bytes since it a single CR
 }
@@ -801,11 +807,20 @@ func (c *replayConn) scanHead(b []byte) {
 }
 
 // SetReadDeadline keeps net/http's deadlines within the head's until the
-// head handed over has been read.
+// head handed over has been read, and its request's within the read
+// timeout from the head's start.
 func (c *replayConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
-	if !c.headDone && (t.IsZero() || t.After(c.headDeadline)) {
-		t = c.headDeadline
+	switch {
+	case !c.headDone:
+		if t.IsZero() || t.After(c.headDeadline) {
+			t = c.headDeadline
+		}
+	case !c.reqDone && !t.IsZero():
+		c.reqDone = true
+		if t.After(c.reqDeadline) {
+			t = c.reqDeadline
+		}
 	}
 	c.mu.Unlock()
 	return c.Conn.SetReadDeadline(t)

@@ -295,3 +295,35 @@ func TestFastLane_PanicZeroesAnswer(t *testing.T) {
 		t.Fatal("the answer written before the panic is still in the lane's buffer")
 	}
 }
+
+// TestFastLane_HandoffKeepsRequestDeadline: the read timeout bounds a
+// request from the start of its head. A head the lane read slowly (just
+// under the header timeout) and handed over got net/http's whole read
+// timeout again for its body.
+func TestFastLane_HandoffKeepsRequestDeadline(t *testing.T) {
+	const header, read = 2 * time.Second, 3 * time.Second
+	n := startNodeOpts(t, t.TempDir(), nil, func(o *Options) { o.headerTimeout, o.ReadTimeout = header, read })
+	n.init(1, 1)
+	rc := dialRaw(t, n)
+	start := time.Now()
+	// Not for the lane (an unknown header); complete at 1.8 s.
+	io.WriteString(rc.c, "POST /v1/keys HTTP/1.1\r\nHost: coffer\r\nX-Not-In-The-Lane: 1\r\n")
+	time.Sleep(header * 9 / 10)
+	io.WriteString(rc.c, "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				if _, err := io.WriteString(rc.c, " "); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	// net/http's own read timeout would end it at 4.8 s.
+	waitClosed(t, rc.c, start, read-50*time.Millisecond, read+900*time.Millisecond, "body trickled after a slow head handed over")
+}
