@@ -754,6 +754,7 @@ type replayConn struct {
 	headDeadline time.Time
 	reqDeadline  time.Time
 	headDone     bool
+	scanned      atomic.Bool // headDone, read without mu
 	reqDone      bool
 	lf           bool // the last byte read was LF
 	cr           bool // ... and the bytes since it a single CR
@@ -786,6 +787,9 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // LF, the line ends net/http reads), after which the head deadline no
 // longer applies.
 func (c *replayConn) scanHead(b []byte) {
+	if c.scanned.Load() {
+		return // every read after the first head: no lock
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.headDone {
@@ -795,6 +799,7 @@ func (c *replayConn) scanHead(b []byte) {
 		switch {
 		case x == '\n' && c.lf:
 			c.headDone = true
+			c.scanned.Store(true)
 			return
 		case x == '\n':
 			c.lf, c.cr = true, false
