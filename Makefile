@@ -51,6 +51,7 @@ FUZZ_TARGETS := \
 	./daemon:FuzzFastDecode \
 	./daemon:FuzzBatchEncode \
 	./daemon:FuzzFastHead \
+	./daemon:FuzzFastStream \
 	./daemon/config:FuzzParseConfig \
 	./daemon/audit:FuzzParseLine \
 	./daemon/auth:FuzzParseCredentialAddress \

@@ -46,7 +46,10 @@ func readBody(rc *reqCtx) (body []byte, release func(), err error) {
 	r := http.MaxBytesReader(rc.w, rc.r.Body, limit)
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			// A body without a Content-Length (chunked, on net/http)
+			// outgrows its buffer: the old one, holding the start of
+			// it, is zeroed, not left to the garbage collector.
+			buf = growZeroed(buf, 1)
 		}
 		n, rerr := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -70,6 +73,18 @@ func readBody(rc *reqCtx) (body []byte, release func(), err error) {
 		return nil, nil, err
 	}
 	return buf, release, nil
+}
+
+// growZeroed returns b with room for n more bytes; when that takes a new
+// array, the old one is zeroed (it held request bytes: plaintext).
+func growZeroed(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b
+	}
+	nb := make([]byte, len(b), max(2*cap(b), len(b)+n, 512))
+	copy(nb, b)
+	clear(b[:cap(b)])
+	return nb
 }
 
 // decodeFast decodes a hot request body into v with the hand-written

@@ -247,10 +247,15 @@ func (fl *fastLane) serve(fc *fastConn) {
 		// As net/http: a handler's panic ends its connection, not the
 		// daemon. The stack is logged, not the panic's value (it could
 		// quote a request).
-		if v := recover(); v != nil && v != http.ErrAbortHandler {
-			buf := make([]byte, 64<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			fl.s.log.Error("panic serving a request: closing its connection", "stack", string(buf))
+		if v := recover(); v != nil {
+			// What the handler had written (plaintext, for an unwrap)
+			// is zeroed: flush, which does it otherwise, will not run.
+			fc.w.discard()
+			if v != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				fl.s.log.Error("panic serving a request: closing its connection", "stack", string(buf))
+			}
 		}
 		fl.mu.Lock()
 		delete(fl.conns, fc)
@@ -295,7 +300,14 @@ func (fl *fastLane) serve(fc *fastConn) {
 			fl.mu.Lock()
 			delete(fl.conns, fc)
 			fl.mu.Unlock()
-			handedOff = fl.handoff.give(&replayConn{Conn: fc.c, r: fc.br, cs: fc.cs, cancel: fc.cancel})
+			// The head's deadline goes with it: net/http starts its
+			// own header timeout, so a head trickled to the lane up to
+			// its limit would otherwise get the limit again there.
+			rp := &replayConn{Conn: fc.c, r: fc.br, cs: fc.cs, cancel: fc.cancel,
+				headDeadline: fl.base.Add(time.Duration(fc.deadline.Load())),
+				reqDeadline:  fl.base.Add(time.Duration(t0 + int64(fl.readTimeout)))}
+			rp.Conn.SetReadDeadline(rp.headDeadline)
+			handedOff = fl.handoff.give(rp)
 			return
 		}
 		fc.br.Discard(len(head))
@@ -524,6 +536,21 @@ func (w *fastWriter) flush(closeAfter bool) error {
 	return err
 }
 
+// discard zeroes an answer that will not be written and gives its buffer
+// back.
+func (w *fastWriter) discard() {
+	if w.body == nil {
+		return
+	}
+	body := *w.body
+	clear(body)
+	if cap(body) <= maxPooledAnswer {
+		*w.body = body[:0]
+		answerPool.Put(w.body)
+	}
+	w.body = nil
+}
+
 // laneAnswer reports whether w (a handler's writer) answers on the fast
 // lane, which sets Content-Length itself.
 func laneAnswer(w http.ResponseWriter) bool {
@@ -716,17 +743,99 @@ type replayConn struct {
 	r      *laneReader // nil once drained (and wiped)
 	cs     *connState
 	cancel context.CancelFunc
+	// headDeadline is the lane's deadline for the head it hands over:
+	// until that head has been read (headDone), no read deadline net/http
+	// sets goes past it. reqDeadline bounds the request's body the same
+	// way: net/http sets its read timeout once it has read a head (the
+	// first deadline set after it, reqDone), counting from then, not from
+	// the head's start on the lane. mu: net/http sets deadlines from other
+	// goroutines than its reads.
+	mu           sync.Mutex
+	headDeadline time.Time
+	reqDeadline  time.Time
+	headDone     bool
+	scanned      atomic.Bool // headDone, read without mu
+	reqDone      bool
+	lf           bool // the last byte read was LF
+	cr           bool // ... and the bytes since it a single CR
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
 	if c.r != nil {
 		if c.r.Buffered() > 0 {
-			return c.r.Read(p)
+			n, err = c.r.Read(p)
+			// Drained: zeroed now, as net/http may never read again
+			// (it reads 4 KiB at once, the whole buffer).
+			if c.r.Buffered() == 0 {
+				c.r.wipe()
+				c.r = nil
+			}
+			c.scanHead(p[:n])
+			return n, err
 		}
 		c.r.wipe()
 		c.r = nil
 	}
-	return c.Conn.Read(p)
+	n, err = c.Conn.Read(p)
+	c.scanHead(p[:n])
+	return n, err
+}
+
+// scanHead follows the first head through its blank line (LF LF or LF CR
+// LF, the line ends net/http reads), after which the head deadline no
+// longer applies.
+func (c *replayConn) scanHead(b []byte) {
+	if c.scanned.Load() {
+		return // every read after the first head: no lock
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.headDone {
+		return
+	}
+	for _, x := range b {
+		switch {
+		case x == '\n' && c.lf:
+			c.headDone = true
+			c.scanned.Store(true)
+			return
+		case x == '\n':
+			c.lf, c.cr = true, false
+		case x == '\r' && c.lf && !c.cr:
+			c.cr = true
+		default:
+			c.lf, c.cr = false, false
+		}
+	}
+}
+
+// SetReadDeadline keeps net/http's deadlines within the head's until the
+// head handed over has been read, and its request's within the read
+// timeout from the head's start.
+func (c *replayConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	switch {
+	case !c.headDone:
+		if t.IsZero() || t.After(c.headDeadline) {
+			t = c.headDeadline
+		}
+	case !c.reqDone && !t.IsZero():
+		c.reqDone = true
+		if t.After(c.reqDeadline) {
+			t = c.reqDeadline
+		}
+	}
+	c.mu.Unlock()
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *replayConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
 }
 
 func (c *replayConn) Close() error {
