@@ -20,7 +20,7 @@ import (
 // tick (5–10 ms), and then, with the barrier entry the leader appended after
 // each forwarded write, for the barrier's fsync on the leader, its
 // replication and its fsync on the follower (~1 ms in process, more under
-// load; docs/bench-15-follower.md).
+// load; docs/benchmarks/issue15-follower.md).
 //
 // But the leader's answer to /rpc/apply already says what that
 // AppendEntries would: entry Index, appended in Term by this leader, is

@@ -22,7 +22,7 @@ import (
 //
 // Why: with the audit entry, the policy check and the AEAD built per
 // request, net/http's own work was most of what cofferd cost above the
-// bare server it is measured against (issue 15, docs/bench-15-wrap.md):
+// bare server it is measured against (issue 15, docs/benchmarks/issue15-wrap.md):
 // per request it parses headers into maps, clones the answer's header map,
 // starts a goroutine that reads the connection in the background and stops
 // it again, and moves three timers (read, write and idle deadlines). The
