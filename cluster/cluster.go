@@ -326,7 +326,11 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 func (n *Node) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	for {
 		resp, err := n.applyOnce(ctx, cmd)
-		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+		if errors.Is(err, errNotApplied) && n.raft.State() != raft.Leader && n.cfg.Net != nil {
+			// Not applied, and another node leads now: send it there.
+			return n.forward(ctx, cmd)
+		}
+		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) && !errors.Is(err, errNotApplied) {
 			return resp, err
 		}
 		// A leadership transfer (TransferLeadership, or a sealed leader
@@ -351,7 +355,14 @@ func (n *Node) applyOnce(ctx context.Context, cmd []byte) (any, error) {
 		switch {
 		case errors.Is(err, raft.ErrLeadershipLost):
 			// The entry was appended and may still be committed by the
-			// next leader.
+			// next leader: wait (bounded) to see which (settle.go).
+			resp, applied, known := n.settleLost(ctx, f.Index(), cmd)
+			switch {
+			case known && applied:
+				return resp, nil
+			case known:
+				return nil, errNotApplied
+			}
 			return nil, fmt.Errorf("%w (leadership was lost while the write was in flight)", ErrOutcomeUnknown)
 		case errors.Is(err, raft.ErrRaftShutdown):
 			// The entry may have been appended before the shutdown and be
@@ -432,7 +443,11 @@ type fsm struct {
 	// waitApplied sleeps until then instead of polling.
 	notifyMu sync.Mutex
 	notify   chan struct{}
+	// recent: the responses to the last entries applied (settle.go).
+	recent recentResponses
 }
+
+func (f *fsm) response(index uint64) (any, bool) { return f.recent.get(index) }
 
 // appliedCh returns a channel closed at the next change of applied. Take it
 // before reading applied, so that no change is missed.
@@ -462,11 +477,13 @@ type RemoteRestorer interface {
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
-	defer f.setApplied(l.Index)
-	if l.Type != raft.LogCommand {
-		return nil
+	var resp any
+	if l.Type == raft.LogCommand {
+		resp = f.sm.Apply(l.Data)
 	}
-	return f.sm.Apply(l.Data)
+	f.recent.put(l.Index, resp)
+	f.setApplied(l.Index)
+	return resp
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {

@@ -77,7 +77,24 @@ func (n *Node) rpcApply(w http.ResponseWriter, r *http.Request) {
 			writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
 			return
 		}
-		writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
+		if !errors.Is(err, raft.ErrLeadershipLost) {
+			writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
+			return
+		}
+		// Stepped down with the entry in flight (a leadership transfer
+		// does that): wait for its outcome (settle.go).
+		resp, applied, known := n.settleLost(r.Context(), f.Index(), cmd)
+		switch {
+		case known && applied:
+			out := applyResponse{Index: f.Index(), Response: n.cfg.Codec.EncodeResponse(resp)}
+			n.auditForwarded(r, cmd, prepared, out.Response)
+			writeRPC(w, http.StatusOK, out)
+		case known:
+			addr, _ := n.raft.LeaderWithID()
+			writeRPC(w, http.StatusMisdirectedRequest, applyResponse{Error: errNotLeader, Leader: string(addr)})
+		default:
+			writeRPC(w, http.StatusServiceUnavailable, applyResponse{Error: err.Error()})
+		}
 		return
 	}
 	out := applyResponse{Index: f.Index()}
