@@ -61,8 +61,11 @@ var (
 	slabs     atomic.Int64 // mapped slabs, for tests
 )
 
-// Buf is a buffer in locked memory. Its zero value is unusable; get one from
-// New. A Buf must be released with Destroy, which zeroes it.
+// Buf is a buffer in locked memory. Get one from New, or fill a zero Buf
+// held by value in a larger struct with Alloc (one heap allocation fewer
+// per buffer). A zero Buf is empty: Bytes is nil, Destroy a no-op. A Buf
+// must be released with Destroy, which zeroes it, and must not be copied
+// while it holds memory (two copies would release the slot twice).
 type Buf struct {
 	b    []byte // len = requested size
 	slot []byte // the whole slot (or mapping) to zero and return
@@ -71,16 +74,30 @@ type Buf struct {
 
 // New returns a zeroed buffer of n bytes in locked memory.
 func New(n int) (*Buf, error) {
+	b := new(Buf)
+	if err := b.Alloc(n); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Alloc makes b, which must be empty (zero or destroyed), a zeroed buffer
+// of n bytes in locked memory.
+func (b *Buf) Alloc(n int) error {
+	if b.slot != nil {
+		return fmt.Errorf("lockedmem: Alloc on a buffer in use")
+	}
 	if n <= 0 {
-		return nil, fmt.Errorf("lockedmem: invalid size %d", n)
+		return fmt.Errorf("lockedmem: invalid size %d", n)
 	}
 	if n > MaxSlot {
 		m, err := mapLocked(roundPage(n))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		inUse.Add(1)
-		return &Buf{b: m[:n:n], slot: m}, nil
+		*b = Buf{b: m[:n:n], slot: m}
+		return nil
 	}
 	c := &classes[(n-1)/SlotSize]
 	size := ((n-1)/SlotSize + 1) * SlotSize
@@ -89,7 +106,7 @@ func New(n int) (*Buf, error) {
 	if len(c.partial) == 0 {
 		m, err := mapLocked(slabSize)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		slabs.Add(1)
 		c.add(&slab{mem: m, size: size})
@@ -109,7 +126,8 @@ func New(n int) (*Buf, error) {
 	}
 	inUse.Add(1)
 	slot := sl.mem[off : off+size : off+size]
-	return &Buf{b: slot[:n:n], slot: slot, slab: sl}, nil
+	*b = Buf{b: slot[:n:n], slot: slot, slab: sl}
+	return nil
 }
 
 func (c *class) add(sl *slab) {
