@@ -67,9 +67,24 @@ var (
 // must be released with Destroy, which zeroes it, and must not be copied
 // while it holds memory (two copies would release the slot twice).
 type Buf struct {
-	b    []byte // len = requested size
-	slot []byte // the whole slot (or mapping) to zero and return
+	b    []byte // len = requested size; starts where its slot does
 	slab *slab  // nil: a mapping of its own, unmapped on Destroy
+	// The whole slot (or mapping) is not kept but derived (slot): 32
+	// bytes a buffer rather than 56 matters when every key holds one
+	// (issue 15, memory round 2).
+}
+
+// slot is the whole slot (or mapping) b's memory is in, to zero and
+// return; nil for an empty Buf.
+func (b *Buf) slot() []byte {
+	if b.b == nil {
+		return nil
+	}
+	n := roundPage(len(b.b))
+	if b.slab != nil {
+		n = b.slab.size
+	}
+	return unsafe.Slice(unsafe.SliceData(b.b), n)
 }
 
 // New returns a zeroed buffer of n bytes in locked memory.
@@ -84,7 +99,7 @@ func New(n int) (*Buf, error) {
 // Alloc makes b, which must be empty (zero or destroyed), a zeroed buffer
 // of n bytes in locked memory.
 func (b *Buf) Alloc(n int) error {
-	if b.slot != nil {
+	if b.b != nil {
 		return fmt.Errorf("lockedmem: Alloc on a buffer in use")
 	}
 	if n <= 0 {
@@ -96,7 +111,7 @@ func (b *Buf) Alloc(n int) error {
 			return err
 		}
 		inUse.Add(1)
-		*b = Buf{b: m[:n:n], slot: m}
+		*b = Buf{b: m[:n:n]}
 		return nil
 	}
 	c := &classes[(n-1)/SlotSize]
@@ -126,7 +141,7 @@ func (b *Buf) Alloc(n int) error {
 	}
 	inUse.Add(1)
 	slot := sl.mem[off : off+size : off+size]
-	*b = Buf{b: slot[:n:n], slot: slot, slab: sl}
+	*b = Buf{b: slot[:n:n], slab: sl}
 	return nil
 }
 
@@ -161,20 +176,21 @@ func (b *Buf) Bytes() []byte { return b.b }
 // Destroy zeroes the buffer and returns its memory. Destroy on nil or twice
 // is a no-op.
 func (b *Buf) Destroy() {
-	if b == nil || b.slot == nil {
+	if b == nil || b.b == nil {
 		return
 	}
-	clear(b.slot)
+	slot := b.slot()
+	clear(slot)
 	inUse.Add(-1)
 	sl := b.slab
 	if sl == nil {
-		_ = unix.Munmap(b.slot)
-		b.b, b.slot = nil, nil
+		_ = unix.Munmap(slot)
+		b.b = nil
 		return
 	}
 	// The slot's offset in its slab (mapped memory: it never moves).
-	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b.slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
-	b.b, b.slot, b.slab = nil, nil, nil
+	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
+	b.b, b.slab = nil, nil
 	ci := sl.size/SlotSize - 1
 	c := &classes[ci]
 	mu.Lock()
