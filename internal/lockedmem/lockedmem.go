@@ -67,24 +67,27 @@ var (
 // must be released with Destroy, which zeroes it, and must not be copied
 // while it holds memory (two copies would release the slot twice).
 type Buf struct {
-	b    []byte // len = requested size; starts where its slot does
-	slab *slab  // nil: a mapping of its own, unmapped on Destroy
-	// The whole slot (or mapping) is not kept but derived (slot): 32
-	// bytes a buffer rather than 56 matters when every key holds one
-	// (issue 15, memory round 2).
+	p    *byte // start of the buffer and of its slot; nil: empty
+	n    int   // requested size
+	slab *slab // nil: a mapping of its own, unmapped on Destroy
+	// The memory is kept as a pointer and a length, and the whole slot (or
+	// mapping) is not kept but derived (slot): 24 bytes a buffer rather
+	// than 56 matters when every key holds one (issue 15, memory round 2).
+	// p points outside the Go heap (a locked mapping): the collector
+	// ignores it.
 }
 
 // slot is the whole slot (or mapping) b's memory is in, to zero and
 // return; nil for an empty Buf.
 func (b *Buf) slot() []byte {
-	if b.b == nil {
+	if b.p == nil {
 		return nil
 	}
-	n := roundPage(len(b.b))
+	n := roundPage(b.n)
 	if b.slab != nil {
 		n = b.slab.size
 	}
-	return unsafe.Slice(unsafe.SliceData(b.b), n)
+	return unsafe.Slice(b.p, n)
 }
 
 // New returns a zeroed buffer of n bytes in locked memory.
@@ -99,7 +102,7 @@ func New(n int) (*Buf, error) {
 // Alloc makes b, which must be empty (zero or destroyed), a zeroed buffer
 // of n bytes in locked memory.
 func (b *Buf) Alloc(n int) error {
-	if b.b != nil {
+	if b.p != nil {
 		return fmt.Errorf("lockedmem: Alloc on a buffer in use")
 	}
 	if n <= 0 {
@@ -111,7 +114,7 @@ func (b *Buf) Alloc(n int) error {
 			return err
 		}
 		inUse.Add(1)
-		*b = Buf{b: m[:n:n]}
+		*b = Buf{p: unsafe.SliceData(m), n: n}
 		return nil
 	}
 	c := &classes[(n-1)/SlotSize]
@@ -141,7 +144,7 @@ func (b *Buf) Alloc(n int) error {
 	}
 	inUse.Add(1)
 	slot := sl.mem[off : off+size : off+size]
-	*b = Buf{b: slot[:n:n], slab: sl}
+	*b = Buf{p: unsafe.SliceData(slot), n: n, slab: sl}
 	return nil
 }
 
@@ -166,17 +169,22 @@ func Copy(src []byte) (*Buf, error) {
 	if err != nil {
 		return nil, err
 	}
-	copy(b.b, src)
+	copy(b.Bytes(), src)
 	return b, nil
 }
 
 // Bytes returns the buffer's memory. It must not be used after Destroy.
-func (b *Buf) Bytes() []byte { return b.b }
+func (b *Buf) Bytes() []byte {
+	if b.p == nil {
+		return nil
+	}
+	return unsafe.Slice(b.p, b.n)
+}
 
 // Destroy zeroes the buffer and returns its memory. Destroy on nil or twice
 // is a no-op.
 func (b *Buf) Destroy() {
-	if b == nil || b.b == nil {
+	if b == nil || b.p == nil {
 		return
 	}
 	slot := b.slot()
@@ -185,12 +193,12 @@ func (b *Buf) Destroy() {
 	sl := b.slab
 	if sl == nil {
 		_ = unix.Munmap(slot)
-		b.b = nil
+		b.p, b.n = nil, 0
 		return
 	}
 	// The slot's offset in its slab (mapped memory: it never moves).
 	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
-	b.b, b.slab = nil, nil
+	b.p, b.n, b.slab = nil, 0, nil
 	ci := sl.size/SlotSize - 1
 	c := &classes[ci]
 	mu.Lock()
