@@ -168,6 +168,11 @@ func (s *Server) handleSnapshotRestore(rc *reqCtx) error {
 	w := bufio.NewWriterSize(out, 256<<10)
 	same, err := s.ks.PrepareRestoreStream(bufio.NewReaderSize(in, 256<<10), w)
 	if err != nil {
+		// A failed write to the temporary file is ours (bufio keeps its
+		// error); anything else is the snapshot's.
+		if werr := w.Flush(); werr != nil {
+			return fmt.Errorf("storing the prepared snapshot: %w", werr)
+		}
 		return badRequest("%v", err)
 	}
 	snap := in
