@@ -69,6 +69,10 @@ func TestProfileHeapKeys(t *testing.T) {
 	if out == "" || keys <= 0 {
 		t.Skip("set COFFER_PROFILE_HEAP=file and COFFER_PROFILE_KEYS=n to profile the heap of a daemon with n keys")
 	}
+	// A finer sample than the default 512 KiB (the state of a few keys is
+	// smaller than one sample).
+	defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 4096
 	n := startNodeOpts(t, t.TempDir(), func(c *config.Config) { c.LogLevel = "info" }, func(o *Options) {
 		o.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: io.Discard})
 	})
@@ -83,7 +87,8 @@ func TestProfileHeapKeys(t *testing.T) {
 	runtime.GC()
 	var ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms1)
-	t.Logf("%d keys: live heap %.1f MB more than before them (%d B per key)", keys, float64(ms1.HeapAlloc-ms0.HeapAlloc)/1e6, (ms1.HeapAlloc-ms0.HeapAlloc)/uint64(keys))
+	more := int64(ms1.HeapAlloc) - int64(ms0.HeapAlloc)
+	t.Logf("%d keys: live heap %.1f MB (%.1f MB more than before them, %d B per key)", keys, float64(ms1.HeapAlloc)/1e6, float64(more)/1e6, more/int64(keys))
 	f, err := os.Create(out)
 	if err != nil {
 		t.Fatal(err)
