@@ -234,6 +234,7 @@ func Open(cfg Config) (*Node, error) {
 		// Only now: admission asks raft who the members are.
 		go n.sweepLoop()
 		go n.nudgeLoop()
+		go n.snapSoonLoop()
 		n.mux.start()
 	}
 	has, err := raft.HasExistingState(store, store, snaps)
