@@ -46,6 +46,7 @@ FUZZ_TARGETS := \
 	./keystore:FuzzDecodeCommand \
 	./keystore:FuzzSnapshotEncode \
 	./keystore:FuzzSnapshotDecode \
+	./keystore:FuzzUnixTimes \
 	./cluster:FuzzRPC \
 	./daemon:FuzzDecodeRequest \
 	./daemon:FuzzFastDecode \

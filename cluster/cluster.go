@@ -234,6 +234,7 @@ func Open(cfg Config) (*Node, error) {
 		// Only now: admission asks raft who the members are.
 		go n.sweepLoop()
 		go n.nudgeLoop()
+		go n.snapSoonLoop()
 		n.mux.start()
 	}
 	has, err := raft.HasExistingState(store, store, snaps)
@@ -265,7 +266,9 @@ func Open(cfg Config) (*Node, error) {
 // process's RSS (a 10,000-key × 3 load: 50 MB file, 16 MB resident, 50 MB
 // after the first compaction). Snapshots are streamed (keystore/snapenc.go)
 // and so cheap enough to take often: the log now holds at most about
-// snapshotThreshold + trailingLogs + 2 × snapshotInterval of writes.
+// snapshotThreshold + trailingLogs + 2 × snapshotInterval of writes (for a
+// small state, ~1–2 s of writes instead of 2 × snapshotInterval:
+// snapsoon.go).
 //
 // The cost: a follower more than trailingLogs entries behind (down for a
 // few seconds under a sustained write load) catches up from a snapshot

@@ -125,6 +125,7 @@ func New(opts Options) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data_dir %s: %w", cfg.DataDir, err)
 	}
+	removeRestoreTemps(cfg.DataDir) // an interrupted restore's upload
 	adminCfg := cfg.Admin
 	adminCfg.UIDs = append(append([]uint32(nil), adminCfg.UIDs...), opts.ExtraAdminUIDs...)
 	admins, err := auth.NewAdmins(adminCfg)

@@ -93,6 +93,13 @@ func TestE2E_Cluster_RekeySnapshotRestore(t *testing.T) {
 	fresh := newDaemon(t, "")
 	fresh.start()
 	fresh.mustCoffer("", "operator", "raft", "snapshot", "restore", snap)
+	// The upload was streamed through temporary files in the data dir;
+	// neither the refused nor the taken restore leaves one behind.
+	for _, d := range []*daemon{other, fresh} {
+		if left, _ := filepath.Glob(filepath.Join(d.dir, "data", ".restore-*")); len(left) > 0 {
+			t.Fatalf("restore left %v", left)
+		}
+	}
 	waitFor(t, "the restored node seals (another root key)", 10*time.Second, func() bool { return fresh.status().Sealed })
 	if st := fresh.status(); st.ClusterID != n1.status().ClusterID || st.Threshold != 3 {
 		t.Fatalf("restored status: %+v", st)

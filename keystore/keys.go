@@ -35,11 +35,11 @@ const (
 type keyMeta struct {
 	Name                 string        `json:"name"`
 	Type                 string        `json:"type"`
-	CreatedAt            time.Time     `json:"created_at"`
+	CreatedAt            unixTime      `json:"created_at"`
 	RotationPeriod       time.Duration `json:"rotation_period"`
 	MinDecryptionVersion int           `json:"min_decryption_version"`
 	DeletionDate         *time.Time    `json:"deletion_date,omitempty"`
-	Versions             []time.Time   `json:"versions"` // created_at of version i+1
+	Versions             unixTimes     `json:"versions"` // created_at of version i+1
 	// NonceReports are the nodes' reported encryption counts (node id →
 	// count) of version NonceVersion (nonce.go); a rotation clears them.
 	NonceVersion int               `json:"nonce_version,omitempty"`
@@ -54,7 +54,10 @@ type namedKey struct {
 	// rather than one per version (a buffer's header is on the Go heap,
 	// 64 bytes, and each was a slot of its own; issue 15, memory). nil for
 	// a key without versions.
-	material *lockedmem.Buf
+	// It is held by value: a pointer to a separate Buf was another 64-byte
+	// allocation per key (issue 15, memory round 2). namedKey is only ever
+	// used by pointer, so the Buf is never copied.
+	material lockedmem.Buf
 	record   uint64 // record version, for compare-and-set
 	// latestCtr counts this node's encryptions under the latest version
 	// (nil for a type without a nonce budget, and until the first
@@ -64,13 +67,9 @@ type namedKey struct {
 
 func (k *namedKey) destroy() {
 	k.material.Destroy()
-	k.material = nil
 }
 
 func (k *namedKey) latest() int {
-	if k.material == nil {
-		return 0
-	}
 	return len(k.material.Bytes()) / materialSize
 }
 
@@ -87,11 +86,11 @@ func (k *namedKey) info() api.Key {
 		LatestVersion:        k.latest(),
 		MinDecryptionVersion: k.meta.MinDecryptionVersion,
 		RotationPeriod:       FormatDuration(k.meta.RotationPeriod),
-		CreatedAt:            k.meta.CreatedAt,
+		CreatedAt:            k.meta.CreatedAt.Time(),
 		Versions:             make([]api.KeyVersion, len(k.meta.Versions)),
 	}
-	for i, t := range k.meta.Versions {
-		out.Versions[i] = api.KeyVersion{Version: i + 1, CreatedAt: t}
+	for i := range k.meta.Versions {
+		out.Versions[i] = api.KeyVersion{Version: i + 1, CreatedAt: k.meta.Versions.At(i)}
 	}
 	if k.meta.DeletionDate != nil {
 		d := *k.meta.DeletionDate
@@ -122,16 +121,18 @@ func (ks *Keystore) openKeyRecordLocked(path string, e Entry) (*namedKey, error)
 	if err := json.Unmarshal(meta, &k.meta); err != nil || len(k.meta.Versions) != len(keys) || keyPath(k.meta.Name) != path {
 		return nil, fmt.Errorf("%w: key record %s", ErrCorrupt, path)
 	}
+	// The name is the tail of the record's path, which is the entries
+	// map's key: one string per key for both maps and the metadata, not
+	// three (issue 15, memory round 2).
+	k.meta.Name = path[len(path)-len(k.meta.Name):]
 	compactMeta(&k.meta)
 	if len(keys) > 0 {
-		b, err := lockedmem.New(len(keys) * materialSize)
-		if err != nil {
+		if err := k.material.Alloc(len(keys) * materialSize); err != nil {
 			return nil, err
 		}
 		for i, m := range keys {
-			copy(b.Bytes()[i*materialSize:], m)
+			copy(k.material.Bytes()[i*materialSize:], m)
 		}
-		k.material = b
 	}
 	return k, nil
 }
@@ -254,7 +255,7 @@ func (ks *Keystore) update(ctx context.Context, name string, fn func(cur *keyMet
 		var material [][]byte
 		if k := ks.keys[name]; k != nil {
 			m := k.meta
-			m.Versions = append([]time.Time(nil), k.meta.Versions...)
+			m.Versions = slices.Clone(k.meta.Versions)
 			cur, record = &m, k.record
 			for v := 1; v <= k.latest(); v++ {
 				material = append(material, append([]byte(nil), k.versionKey(v)...))
@@ -318,7 +319,7 @@ func (ks *Keystore) CreateKey(ctx context.Context, name, typ, rotationPeriod str
 			return nil, 0, false, wrapf(ErrAlreadyExists, "a key named %q already exists", name)
 		}
 		now := ks.cfg.Now().UTC()
-		return &keyMeta{Name: name, Type: t, CreatedAt: now, RotationPeriod: rp, MinDecryptionVersion: 1, Versions: []time.Time{now}}, 1, false, nil
+		return &keyMeta{Name: name, Type: t, CreatedAt: unixTime(now.UnixNano()), RotationPeriod: rp, MinDecryptionVersion: 1, Versions: unixTimes{now.UnixNano()}}, 1, false, nil
 	})
 }
 
@@ -339,7 +340,7 @@ func (ks *Keystore) rotateMeta(name string, cur *keyMeta) (*keyMeta, int, bool, 
 	if len(cur.Versions) >= MaxVersions {
 		return nil, 0, false, invalidf("key %q already has %d versions, the maximum: create a new key instead", name, MaxVersions)
 	}
-	cur.Versions = append(cur.Versions, ks.cfg.Now().UTC())
+	cur.Versions = append(cur.Versions, ks.cfg.Now().UnixNano())
 	cur.NonceVersion, cur.NonceReports = 0, nil // the new version starts afresh
 	return cur, 1, false, nil
 }
@@ -369,7 +370,7 @@ func (ks *Keystore) due(m *keyMeta, now time.Time) bool {
 	if m.RotationPeriod <= 0 || m.DeletionDate != nil || len(m.Versions) == 0 {
 		return false
 	}
-	return !now.Before(m.Versions[len(m.Versions)-1].Add(m.RotationPeriod))
+	return !now.Before(m.Versions.At(len(m.Versions) - 1).Add(m.RotationPeriod))
 }
 
 // DueRotations lists keys whose rotation period has passed.

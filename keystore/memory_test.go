@@ -104,6 +104,11 @@ func TestMemory_GCCost(t *testing.T) {
 	}
 	live := liveHeap()
 	tuned := memtune.Percent(live)
+	// COFFER_BENCH_GOGC compares another GOGC with 100 (a candidate
+	// headroom policy for this many keys).
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_GOGC")); err == nil {
+		tuned = v
+	}
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	items := []Item{{Plaintext: make([]byte, 32)}}
 	const ops = 300000

@@ -3,6 +3,7 @@ package keystore
 import (
 	"bytes"
 	"fmt"
+	"io"
 )
 
 // No rollback, no replay (issue 9). Commands are authenticated (cmdauth.go)
@@ -43,33 +44,43 @@ func (ks *Keystore) recordVersionLocked(path string) uint64 {
 // here). A fresh node takes the snapshot as it is: it verifies it at
 // unseal.
 func (ks *Keystore) PrepareRestore(data []byte) ([]byte, error) {
-	// One decode, and the answer written in one pass into a buffer of
-	// the right size: a restore of 100,000 keys × 3 versions is ~53 MB,
-	// and each extra copy of it was that much more heap on the leader.
-	s, err := ks.validateRestore(data)
+	out := bytes.NewBuffer(make([]byte, 0, len(data)+256))
+	same, err := ks.PrepareRestoreStream(bytes.NewReader(data), out)
 	if err != nil {
 		return nil, err
+	}
+	if same {
+		return data, nil
+	}
+	return out.Bytes(), nil
+}
+
+// PrepareRestoreStream is PrepareRestore reading the snapshot from r and
+// writing the answer to w, so that a restore's upload need not be in
+// memory (twice: as it came and as answered) on top of its decoded state
+// (issue 15, memory round 2). same reports that the snapshot is to be
+// restored as it came (a fresh node); then nothing is written to w.
+func (ks *Keystore) PrepareRestoreStream(r io.Reader, w io.Writer) (same bool, err error) {
+	s, err := ks.validateRestoreFrom(r)
+	if err != nil {
+		return false, err
 	}
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
 	if ks.seal == nil {
-		return data, nil
+		return true, nil
 	}
 	if ks.root == nil {
-		return nil, fmt.Errorf("%w: restore the snapshot on an unsealed node (it checks and re-authenticates the snapshot)", ErrSealed)
+		return false, fmt.Errorf("%w: restore the snapshot on an unsealed node (it checks and re-authenticates the snapshot)", ErrSealed)
 	}
 	if _, err := ks.checkSnapshotLocked(s, true); err != nil {
-		return nil, err
+		return false, err
 	}
 	s.Epoch = max(s.Epoch, ks.epoch) + 1
 	k, err := ks.macKeyLocked()
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	defer clear(k)
-	out := bytes.NewBuffer(make([]byte, 0, len(data)+256))
-	if err := s.writeJSON(out, k); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
+	return false, s.writeJSON(w, k)
 }

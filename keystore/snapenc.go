@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -174,7 +175,29 @@ func (s *Snapshot) writeJSON(w io.Writer, k []byte) error {
 // other fields are small: they are gathered and decoded by encoding/json
 // itself. FuzzSnapshotDecode checks that both decode any input alike.
 func decodeSnapshot(r io.Reader) (*Snapshot, error) {
+	return decodeSnapshotDec(json.NewDecoder(r))
+}
+
+// decodeSnapshotStrict decodes a snapshot as json.Unmarshal does: one
+// value and nothing after it but white space. (A top-level null, an empty
+// snapshot to json.Unmarshal, is refused here: neither is a snapshot that
+// can be restored.)
+func decodeSnapshotStrict(r io.Reader) (*Snapshot, error) {
 	dec := json.NewDecoder(r)
+	s, err := decodeSnapshotDec(dec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err == nil {
+			err = errors.New("invalid data after the top-level value")
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+func decodeSnapshotDec(dec *json.Decoder) (*Snapshot, error) {
 	var s Snapshot
 	if err := expectDelim(dec, '{'); err != nil {
 		// Not an object: let encoding/json decide (null is an empty

@@ -218,5 +218,21 @@ func FuzzSnapshotDecode(f *testing.F) {
 				t.Fatalf("the streamed decoder accepts what encoding/json refuses (%v)", werr)
 			}
 		}
+		// The admin restore's decoder (decodeSnapshotStrict) against
+		// json.Unmarshal, which it replaces there: trailing data refused.
+		var uwant Snapshot
+		uerr := json.Unmarshal(data, &uwant)
+		sgot, serr := decodeSnapshotStrict(bytes.NewReader(data))
+		if uerr == nil && uwant.Format == 1 {
+			if serr != nil {
+				t.Fatalf("json.Unmarshal decodes it, decodeSnapshotStrict does not: %v", serr)
+			}
+			if !reflect.DeepEqual(*sgot, uwant) {
+				t.Fatalf("decoded differently:\n got %+v\nwant %+v", *sgot, uwant)
+			}
+		}
+		if serr == nil && sgot.Format == 1 && uerr != nil {
+			t.Fatalf("decodeSnapshotStrict accepts what json.Unmarshal refuses (%v)", uerr)
+		}
 	})
 }

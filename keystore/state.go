@@ -951,13 +951,20 @@ func validateSnapshot(data []byte) (*Snapshot, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("not a Coffer snapshot: %v", err)
 	}
-	if s.Format != 1 {
-		return nil, fmt.Errorf("snapshot format %d is not supported by this version of cofferd", s.Format)
-	}
-	if s.Seal == nil || len(s.Keyring) == 0 {
-		return nil, errors.New("the snapshot holds no initialised cluster")
+	if err := checkSnapshotFormat(&s); err != nil {
+		return nil, err
 	}
 	return &s, nil
+}
+
+func checkSnapshotFormat(s *Snapshot) error {
+	if s.Format != 1 {
+		return fmt.Errorf("snapshot format %d is not supported by this version of cofferd", s.Format)
+	}
+	if s.Seal == nil || len(s.Keyring) == 0 {
+		return errors.New("the snapshot holds no initialised cluster")
+	}
+	return nil
 }
 
 // ValidateRestore is ValidateSnapshot for a restore into this keystore: an
@@ -974,6 +981,25 @@ func (ks *Keystore) validateRestore(data []byte) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ks.checkRestoreCluster(s)
+}
+
+// validateRestoreFrom is validateRestore reading the snapshot from r: the
+// same checks (json.Unmarshal's, trailing data refused included) with the
+// entries decoded one by one (decodeSnapshot) rather than from the whole
+// document in memory.
+func (ks *Keystore) validateRestoreFrom(r io.Reader) (*Snapshot, error) {
+	s, err := decodeSnapshotStrict(r)
+	if err != nil {
+		return nil, fmt.Errorf("not a Coffer snapshot: %v", err)
+	}
+	if err := checkSnapshotFormat(s); err != nil {
+		return nil, err
+	}
+	return ks.checkRestoreCluster(s)
+}
+
+func (ks *Keystore) checkRestoreCluster(s *Snapshot) (*Snapshot, error) {
 	if sc := ks.SealConfig(); sc != nil && sc.ClusterID != s.Seal.ClusterID {
 		return nil, fmt.Errorf("the snapshot is of cluster %s, but this is cluster %s: restoring it would seal every node; restore it into fresh (uninitialised) nodes instead", s.Seal.ClusterID, sc.ClusterID)
 	}

@@ -61,26 +61,61 @@ var (
 	slabs     atomic.Int64 // mapped slabs, for tests
 )
 
-// Buf is a buffer in locked memory. Its zero value is unusable; get one from
-// New. A Buf must be released with Destroy, which zeroes it.
+// Buf is a buffer in locked memory. Get one from New, or fill a zero Buf
+// held by value in a larger struct with Alloc (one heap allocation fewer
+// per buffer). A zero Buf is empty: Bytes is nil, Destroy a no-op. A Buf
+// must be released with Destroy, which zeroes it, and must not be copied
+// while it holds memory (two copies would release the slot twice).
 type Buf struct {
-	b    []byte // len = requested size
-	slot []byte // the whole slot (or mapping) to zero and return
-	slab *slab  // nil: a mapping of its own, unmapped on Destroy
+	p    *byte // start of the buffer and of its slot; nil: empty
+	n    int   // requested size
+	slab *slab // nil: a mapping of its own, unmapped on Destroy
+	// The memory is kept as a pointer and a length, and the whole slot (or
+	// mapping) is not kept but derived (slot): 24 bytes a buffer rather
+	// than 56 matters when every key holds one (issue 15, memory round 2).
+	// p points outside the Go heap (a locked mapping): the collector
+	// ignores it.
+}
+
+// slot is the whole slot (or mapping) b's memory is in, to zero and
+// return; nil for an empty Buf.
+func (b *Buf) slot() []byte {
+	if b.p == nil {
+		return nil
+	}
+	n := roundPage(b.n)
+	if b.slab != nil {
+		n = b.slab.size
+	}
+	return unsafe.Slice(b.p, n)
 }
 
 // New returns a zeroed buffer of n bytes in locked memory.
 func New(n int) (*Buf, error) {
+	b := new(Buf)
+	if err := b.Alloc(n); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Alloc makes b, which must be empty (zero or destroyed), a zeroed buffer
+// of n bytes in locked memory.
+func (b *Buf) Alloc(n int) error {
+	if b.p != nil {
+		return fmt.Errorf("lockedmem: Alloc on a buffer in use")
+	}
 	if n <= 0 {
-		return nil, fmt.Errorf("lockedmem: invalid size %d", n)
+		return fmt.Errorf("lockedmem: invalid size %d", n)
 	}
 	if n > MaxSlot {
 		m, err := mapLocked(roundPage(n))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		inUse.Add(1)
-		return &Buf{b: m[:n:n], slot: m}, nil
+		*b = Buf{p: unsafe.SliceData(m), n: n}
+		return nil
 	}
 	c := &classes[(n-1)/SlotSize]
 	size := ((n-1)/SlotSize + 1) * SlotSize
@@ -89,7 +124,7 @@ func New(n int) (*Buf, error) {
 	if len(c.partial) == 0 {
 		m, err := mapLocked(slabSize)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		slabs.Add(1)
 		c.add(&slab{mem: m, size: size})
@@ -109,7 +144,8 @@ func New(n int) (*Buf, error) {
 	}
 	inUse.Add(1)
 	slot := sl.mem[off : off+size : off+size]
-	return &Buf{b: slot[:n:n], slot: slot, slab: sl}, nil
+	*b = Buf{p: unsafe.SliceData(slot), n: n, slab: sl}
+	return nil
 }
 
 func (c *class) add(sl *slab) {
@@ -133,30 +169,36 @@ func Copy(src []byte) (*Buf, error) {
 	if err != nil {
 		return nil, err
 	}
-	copy(b.b, src)
+	copy(b.Bytes(), src)
 	return b, nil
 }
 
 // Bytes returns the buffer's memory. It must not be used after Destroy.
-func (b *Buf) Bytes() []byte { return b.b }
+func (b *Buf) Bytes() []byte {
+	if b.p == nil {
+		return nil
+	}
+	return unsafe.Slice(b.p, b.n)
+}
 
 // Destroy zeroes the buffer and returns its memory. Destroy on nil or twice
 // is a no-op.
 func (b *Buf) Destroy() {
-	if b == nil || b.slot == nil {
+	if b == nil || b.p == nil {
 		return
 	}
-	clear(b.slot)
+	slot := b.slot()
+	clear(slot)
 	inUse.Add(-1)
 	sl := b.slab
 	if sl == nil {
-		_ = unix.Munmap(b.slot)
-		b.b, b.slot = nil, nil
+		_ = unix.Munmap(slot)
+		b.p, b.n = nil, 0
 		return
 	}
 	// The slot's offset in its slab (mapped memory: it never moves).
-	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b.slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
-	b.b, b.slot, b.slab = nil, nil, nil
+	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(slot))) - uintptr(unsafe.Pointer(unsafe.SliceData(sl.mem))))
+	b.p, b.n, b.slab = nil, 0, nil
 	ci := sl.size/SlotSize - 1
 	c := &classes[ci]
 	mu.Lock()

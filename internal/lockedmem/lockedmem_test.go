@@ -18,7 +18,7 @@ func TestNew_ZeroedAndReused(t *testing.T) {
 		t.Fatal("new buffer not zeroed")
 	}
 	copy(b.Bytes(), bytes.Repeat([]byte{0xAA}, 32))
-	slot := b.slot
+	slot := b.slot()
 	b.Destroy()
 	if len(slot) != SlotSize || !bytes.Equal(slot, make([]byte, SlotSize)) {
 		t.Fatal("Destroy did not zero the slot")
@@ -74,8 +74,8 @@ func TestNew_SizeClasses(t *testing.T) {
 		if n > MaxSlot {
 			want = roundPage(n)
 		}
-		if len(b.Bytes()) != n || cap(b.Bytes()) != n || len(b.slot) != want {
-			t.Fatalf("New(%d): len %d cap %d slot %d, want slot %d", n, len(b.Bytes()), cap(b.Bytes()), len(b.slot), want)
+		if len(b.Bytes()) != n || cap(b.Bytes()) != n || len(b.slot()) != want {
+			t.Fatalf("New(%d): len %d cap %d slot %d, want slot %d", n, len(b.Bytes()), cap(b.Bytes()), len(b.slot()), want)
 		}
 		for i := range b.Bytes() {
 			b.Bytes()[i] = byte(n)
@@ -89,14 +89,14 @@ func TestNew_SizeClasses(t *testing.T) {
 		}
 	}
 	b96, _ := New(96)
-	slot := &b96.slot[0]
+	slot := &b96.slot()[0]
 	b96.Destroy()
 	b64, _ := New(64)
-	if &b64.slot[0] == slot {
+	if &b64.slot()[0] == slot {
 		t.Fatal("a 96-byte slot was handed out for 64 bytes")
 	}
 	again, _ := New(90)
-	if &again.slot[0] != slot {
+	if &again.slot()[0] != slot {
 		t.Fatal("a freed 96-byte slot was not reused for its class")
 	}
 	for _, b := range append(bufs, b64, again) {
@@ -118,10 +118,10 @@ func TestSlabs_ReleasedWhenEmpty(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if seen[&b.slot[0]] {
+		if seen[&b.slot()[0]] {
 			t.Fatal("a slot handed out twice")
 		}
-		seen[&b.slot[0]] = true
+		seen[&b.slot()[0]] = true
 		b.Bytes()[0], b.Bytes()[63] = byte(i), byte(i>>8)
 		bufs = append(bufs, b)
 	}
@@ -156,4 +156,61 @@ func TestSlabs_ReleasedWhenEmpty(t *testing.T) {
 	if got := slabs.Load() - base; got > 0 {
 		t.Fatalf("%d slabs of 64-byte slots still mapped with nothing in use", got)
 	}
+}
+
+// A Buf held by value: empty when zero, filled by Alloc, refused a second
+// Alloc while in use (it would leak the first slot), zeroed and empty
+// again after Destroy, and then reusable.
+func TestAlloc_InPlace(t *testing.T) {
+	var held struct {
+		name string
+		b    Buf
+	}
+	if held.b.Bytes() != nil {
+		t.Fatal("zero Buf not empty")
+	}
+	held.b.Destroy() // no-op on a zero Buf
+	before := InUse()
+	for _, n := range []int{96, MaxSlot + 1} {
+		if err := held.b.Alloc(n); err != nil {
+			t.Fatal(err)
+		}
+		if len(held.b.Bytes()) != n || InUse() != before+1 {
+			t.Fatalf("Alloc(%d): %d bytes, %d in use", n, len(held.b.Bytes()), InUse()-before)
+		}
+		copy(held.b.Bytes(), "secret material")
+		if err := held.b.Alloc(n); err == nil {
+			t.Fatalf("Alloc(%d) on a buffer in use accepted", n)
+		}
+		slot, sl := held.b.slot(), held.b.slab
+		var keep *Buf // another slot of the slab keeps it mapped, to look at the freed one
+		if n <= MaxSlot {
+			var err error
+			if keep, err = New(n); err != nil || keep.slab != sl {
+				t.Fatalf("second buffer: %v, same slab %v", err, keep != nil && keep.slab == sl)
+			}
+		}
+		held.b.Destroy()
+		if held.b.Bytes() != nil || InUse() != before+b2i(keep != nil) {
+			t.Fatalf("Destroy left %d bytes, %d in use", len(held.b.Bytes()), InUse()-before)
+		}
+		if keep != nil {
+			for i, c := range slot {
+				if c != 0 {
+					t.Fatalf("byte %d not zeroed", i)
+				}
+			}
+			keep.Destroy()
+		}
+	}
+	if err := held.b.Alloc(0); err == nil {
+		t.Fatal("Alloc(0) accepted")
+	}
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
