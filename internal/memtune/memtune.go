@@ -16,6 +16,16 @@
 // a fixed limit below a grown live heap would make the collector run almost
 // continuously. An operator who sets GOGC or GOMEMLIMIT in cofferd's
 // environment keeps full control: Tune then does nothing.
+//
+// Tune also hands free heap back to the system after a burst (a bulk load
+// of keys, a snapshot, a restore): Go's background scavenger returns free
+// pages over minutes and keeps about a tenth over the heap goal, so a node
+// that has just written 10,000 keys kept 5–6 MB of garbage-free but
+// resident heap (docs/benchmarks.md, issue 15). When the free, unreturned
+// heap exceeds max(4 MB, a quarter of the live heap), Tune calls
+// debug.FreeOSMemory — one collection and a full scavenge — at most once
+// every releaseEvery. Under steady crypto load the free heap stays under
+// that (the live heap is small and reused), so nothing happens.
 package memtune
 
 import (
@@ -30,12 +40,24 @@ const (
 	minHeadroom = 32 << 20
 	minPercent  = 25
 	maxPercent  = 100
+
+	minRelease   = 4 << 20
+	releaseEvery = 10 * time.Second
 )
 
 // setGCPercent is debug.SetGCPercent (tests watch it).
 var setGCPercent = defaultSetGCPercent
 
 func defaultSetGCPercent(p int) int { return debug.SetGCPercent(p) }
+
+// freeOSMemory is debug.FreeOSMemory (tests watch it).
+var freeOSMemory = debug.FreeOSMemory
+
+// ShouldRelease reports whether free (resident but unused) heap bytes are
+// worth a collection to return, for a live heap of live bytes.
+func ShouldRelease(free, live uint64) bool {
+	return free > max(uint64(minRelease), live/4)
+}
 
 // Percent is the GOGC for a live heap of live bytes.
 func Percent(live uint64) int {
@@ -53,8 +75,9 @@ func Tune(ctx context.Context, every time.Duration) {
 	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
 	cur := maxPercent
+	var released time.Time
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -64,8 +87,12 @@ func Tune(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 		metrics.Read(s)
-		if s[0].Value.Kind() != metrics.KindUint64 {
+		if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
 			return // not supported by this Go runtime
+		}
+		if ShouldRelease(s[1].Value.Uint64(), s[0].Value.Uint64()) && time.Since(released) >= releaseEvery {
+			freeOSMemory()
+			released = time.Now()
 		}
 		// Changing GOGC briefly stops the world: only on a real change.
 		if p := Percent(s[0].Value.Uint64()); p < cur-4 || p > cur+4 || (p == maxPercent && cur != maxPercent) {

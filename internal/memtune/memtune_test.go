@@ -66,3 +66,49 @@ func TestTune(t *testing.T) {
 		t.Fatal("Tune changed GOGC although the environment sets it")
 	}
 }
+
+func TestShouldRelease(t *testing.T) {
+	for _, c := range []struct {
+		free, live uint64
+		want       bool
+	}{
+		{0, 0, false}, {4 << 20, 1 << 20, false}, {5 << 20, 1 << 20, true},
+		{5 << 20, 40 << 20, false}, {11 << 20, 40 << 20, true},
+	} {
+		if got := ShouldRelease(c.free, c.live); got != c.want {
+			t.Errorf("ShouldRelease(%d MB free, %d MB live) = %v, want %v", c.free>>20, c.live>>20, got, c.want)
+		}
+	}
+}
+
+// TestTune_ReleasesFreeHeap: after a burst of garbage, Tune returns the
+// free heap to the system (once), and not again within releaseEvery.
+func TestTune_ReleasesFreeHeap(t *testing.T) {
+	var calls atomic.Int64
+	orig := freeOSMemory
+	freeOSMemory = func() { calls.Add(1); orig() }
+	defer func() { freeOSMemory = orig }()
+	setGCPercent = func(p int) int { return 100 }
+	defer func() { setGCPercent = defaultSetGCPercent }()
+
+	var sink [][]byte
+	for i := 0; i < 64; i++ {
+		sink = append(sink, make([]byte, 1<<20))
+	}
+	sink = nil
+	runtime.GC() // 64 MB now free, not yet returned
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Tune(ctx, 5*time.Millisecond); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	<-done
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("FreeOSMemory called %d times, want once (then not within %v)", n, releaseEvery)
+	}
+	_ = sink
+}
