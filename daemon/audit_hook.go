@@ -410,18 +410,7 @@ func (s *Server) auditCrypto(rc *reqCtx, items []keystore.Item, out []keystore.R
 			versions = append(versions, v)
 		}
 	}
-	switch len(versions) {
-	case 0:
-	case 1:
-		ra.keyVersion = versions[0]
-	default:
-		slices.Sort(versions)
-		vs := make([]string, len(versions))
-		for i, v := range versions {
-			vs[i] = strconv.Itoa(v)
-		}
-		ra.setDetail("key_versions", strings.Join(vs, ","))
-	}
+	ra.setKeyVersions(versions)
 	for i := range out {
 		if i < len(items) && items[i].Ciphertext != "" && out[i].Ciphertext != "" {
 			ra.setDetail("new_version", strconv.Itoa(out[i].Version)) // rewrap
@@ -564,4 +553,21 @@ func (s *Server) handleAuditHash(rc *reqCtx) error {
 	}
 	writeJSON(rc.w, http.StatusOK, api.AuditHashResponse{Hash: h})
 	return nil
+}
+
+// setKeyVersions records the key versions an operation touched: one as the
+// entry's key_version, several (at most 16, sorted) as detail.key_versions.
+func (ra *reqAudit) setKeyVersions(versions []int) {
+	switch len(versions) {
+	case 0:
+	case 1:
+		ra.keyVersion = versions[0]
+	default:
+		slices.Sort(versions)
+		vs := make([]string, len(versions))
+		for i, v := range versions {
+			vs[i] = strconv.Itoa(v)
+		}
+		ra.setDetail("key_versions", strings.Join(vs, ","))
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/coffer-kms/coffer/api"
@@ -299,18 +298,7 @@ func (s *Server) auditBatch(rc *reqCtx, items []keystore.Item, ver []int, failed
 			versions = append(versions, v)
 		}
 	}
-	switch len(versions) {
-	case 0:
-	case 1:
-		ra.keyVersion = versions[0]
-	default:
-		slices.Sort(versions)
-		vs := make([]string, len(versions))
-		for i, v := range versions {
-			vs[i] = strconv.Itoa(v)
-		}
-		ra.setDetail("key_versions", strings.Join(vs, ","))
-	}
+	ra.setKeyVersions(versions)
 	if newVersion > 0 {
 		ra.setDetail("new_version", strconv.Itoa(newVersion))
 	}
