@@ -113,26 +113,14 @@ func (b *batchBufs) openInto(c *aeadCache, name, ct string, aad []byte) ([]byte,
 	if len(raw) < dataNonceSize+dataTagSize {
 		return nil, 0, errCiphertextShort
 	}
-	k := c.k
-	if v > k.latest() {
-		return nil, v, &wrapped{msg: fmt.Sprintf("ciphertext names version %d but key %q has versions 1 to %d: it was produced by another key", v, name, k.latest()), err: unknownVersion{}}
-	}
-	if v < k.meta.MinDecryptionVersion {
-		return nil, v, wrapf(ErrVersionDisabled, "ciphertext version %d is below key %q's min_decryption_version %d: lower it with `coffer key update %s --min-decryption-version %d` if this is intended", v, name, k.meta.MinDecryptionVersion, name, v)
-	}
-	a, err := c.get(v)
-	if err != nil {
-		return nil, v, err
-	}
-	ns := a.NonceSize()
-	if len(raw) < ns+a.Overhead() {
-		return nil, v, wrapf(ErrDecrypt, "ciphertext is too short for a %s key: it was truncated or produced by another key", k.meta.Type)
-	}
-	b.pt = grow(b.pt, len(raw)-ns-a.Overhead())
-	pt, err := a.Open(b.pt[:0], raw[:ns], raw[ns:], aad)
+	// The plaintext goes to the batch's buffer (an outgrown one holds no
+	// plaintext: each is cleared after its item); a failed Open may have
+	// written into it.
+	b.pt = grow(b.pt, len(raw))
+	pt, err := openRaw(c, name, v, raw, aad, b.pt[:0])
 	if err != nil {
 		clear(b.pt)
-		return nil, v, wrapf(ErrDecrypt, "ciphertext does not authenticate under key %q version %d: it was tampered with, produced by another key, or the aad differs", name, v)
+		return nil, v, err
 	}
 	return pt, v, nil
 }

@@ -216,26 +216,34 @@ func (ks *Keystore) openData(c *aeadCache, name, ct string, aad []byte) ([]byte,
 	if err != nil {
 		return nil, 0, err
 	}
+	pt, err := openRaw(c, name, v, raw, aad, nil)
+	return pt, v, err
+}
+
+// openRaw opens raw (nonce || ciphertext || tag) of version v of c's key,
+// appending the plaintext to dst: the checks and errors of every unwrap,
+// single or batch.
+func openRaw(c *aeadCache, name string, v int, raw, aad, dst []byte) ([]byte, error) {
 	k := c.k
 	if v > k.latest() {
-		return nil, v, &wrapped{msg: fmt.Sprintf("ciphertext names version %d but key %q has versions 1 to %d: it was produced by another key", v, name, k.latest()), err: unknownVersion{}}
+		return nil, &wrapped{msg: fmt.Sprintf("ciphertext names version %d but key %q has versions 1 to %d: it was produced by another key", v, name, k.latest()), err: unknownVersion{}}
 	}
 	if v < k.meta.MinDecryptionVersion {
-		return nil, v, wrapf(ErrVersionDisabled, "ciphertext version %d is below key %q's min_decryption_version %d: lower it with `coffer key update %s --min-decryption-version %d` if this is intended", v, name, k.meta.MinDecryptionVersion, name, v)
+		return nil, wrapf(ErrVersionDisabled, "ciphertext version %d is below key %q's min_decryption_version %d: lower it with `coffer key update %s --min-decryption-version %d` if this is intended", v, name, k.meta.MinDecryptionVersion, name, v)
 	}
 	a, err := c.get(v)
 	if err != nil {
-		return nil, v, err
+		return nil, err
 	}
 	ns := a.NonceSize()
 	if len(raw) < ns+a.Overhead() {
-		return nil, v, wrapf(ErrDecrypt, "ciphertext is too short for a %s key: it was truncated or produced by another key", k.meta.Type)
+		return nil, wrapf(ErrDecrypt, "ciphertext is too short for a %s key: it was truncated or produced by another key", k.meta.Type)
 	}
-	pt, err := a.Open(nil, raw[:ns], raw[ns:], aad)
+	pt, err := a.Open(dst, raw[:ns], raw[ns:], aad)
 	if err != nil {
-		return nil, v, wrapf(ErrDecrypt, "ciphertext does not authenticate under key %q version %d: it was tampered with, produced by another key, or the aad differs", name, v)
+		return nil, wrapf(ErrDecrypt, "ciphertext does not authenticate under key %q version %d: it was tampered with, produced by another key, or the aad differs", name, v)
 	}
-	return pt, v, nil
+	return pt, nil
 }
 
 // Wrap encrypts each item's plaintext under the key's latest version.
