@@ -34,20 +34,7 @@ func TestFastLane_HandoffKeepsHeadDeadline(t *testing.T) {
 	io.WriteString(rc.c, first)
 	time.Sleep(header * 9 / 10)
 	io.WriteString(rc.c, strings.Repeat("b", 200))
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-				if _, err := io.WriteString(rc.c, "c"); err != nil {
-					return
-				}
-			}
-		}
-	}()
+	defer trickle(rc.c, "c")()
 	// net/http's fresh timeout would end it at 3.8 s.
 	waitClosed(t, rc.c, start, header-50*time.Millisecond, header+time.Second, "large head trickled across the handoff")
 }
@@ -310,20 +297,7 @@ func TestFastLane_HandoffKeepsRequestDeadline(t *testing.T) {
 	io.WriteString(rc.c, "POST /v1/keys HTTP/1.1\r\nHost: coffer\r\nX-Not-In-The-Lane: 1\r\n")
 	time.Sleep(header * 9 / 10)
 	io.WriteString(rc.c, "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-				if _, err := io.WriteString(rc.c, " "); err != nil {
-					return
-				}
-			}
-		}
-	}()
+	defer trickle(rc.c, " ")()
 	// net/http's own read timeout would end it at 4.8 s.
 	waitClosed(t, rc.c, start, read-50*time.Millisecond, read+900*time.Millisecond, "body trickled after a slow head handed over")
 }

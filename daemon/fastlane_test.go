@@ -206,6 +206,27 @@ func TestFastLane_KeepAliveAndHandoff(t *testing.T) {
 	}
 }
 
+// trickle writes s to c every 100 ms (a slowloris client) until the
+// returned stop is called or a write fails.
+func trickle(c net.Conn, s string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if _, err := io.WriteString(c, s); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // waitClosed fails unless the server closes c between min and max from
 // start (reading and discarding whatever it sends).
 func waitClosed(t *testing.T, c net.Conn, start time.Time, min, max time.Duration, what string) {
@@ -248,20 +269,7 @@ func TestFastLane_Limits(t *testing.T) {
 		rc := dialRaw(t, n)
 		start := time.Now()
 		io.WriteString(rc.c, "POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\n")
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-					if _, err := io.WriteString(rc.c, "X"); err != nil {
-						return
-					}
-				}
-			}
-		}()
+		defer trickle(rc.c, "X")()
 		waitClosed(t, rc.c, start, header-early, header+slack, "head trickling a byte every 100ms")
 	})
 	t.Run("no request", func(t *testing.T) {
@@ -283,20 +291,7 @@ func TestFastLane_Limits(t *testing.T) {
 		rc := dialRaw(t, n)
 		start := time.Now()
 		io.WriteString(rc.c, "POST /v1/keys/app/wrap HTTP/1.1\r\nHost: coffer\r\nContent-Length: 1000\r\n\r\n{")
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-					if _, err := io.WriteString(rc.c, " "); err != nil {
-						return
-					}
-				}
-			}
-		}()
+		defer trickle(rc.c, " ")()
 		waitClosed(t, rc.c, start, read-early, read+slack, "body trickling a byte every 100ms")
 	})
 	t.Run("answers not read", func(t *testing.T) {
