@@ -194,6 +194,27 @@ func loadKeys(t *testing.T, nodes []*daemon, nKeys, versions int) int64 {
 	return failed.Load()
 }
 
+// memoryBenchParams skips unless COFFER_BENCH=1, and reads the key count,
+// versions per key and settle time (COFFER_BENCH_KEYS, _VERSIONS, _SETTLE;
+// defaults 100,000, 3, 30 s).
+func memoryBenchParams(t *testing.T) (nKeys, versions int, settle time.Duration) {
+	t.Helper()
+	if os.Getenv("COFFER_BENCH") != "1" {
+		t.Skip("a benchmark: set COFFER_BENCH=1 to run it")
+	}
+	nKeys, versions, settle = 100000, 3, 30*time.Second
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_KEYS")); err == nil {
+		nKeys = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_VERSIONS")); err == nil && v > 0 {
+		versions = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("COFFER_BENCH_SETTLE")); err == nil {
+		settle = v
+	}
+	return nKeys, versions, settle
+}
+
 // TestBench_Memory measures the memory of a 3-node cluster holding
 // COFFER_BENCH_KEYS keys (default 100,000) of COFFER_BENCH_VERSIONS
 // versions each (default 3: a create and two rotations), for the figures
@@ -207,19 +228,7 @@ func loadKeys(t *testing.T, nodes []*daemon, nKeys, versions int) int64 {
 // the load and after COFFER_BENCH_SETTLE (default 30s) idle, then the same
 // for a fourth node that joins and catches up from the leader's snapshot.
 func TestBench_Memory(t *testing.T) {
-	if os.Getenv("COFFER_BENCH") != "1" {
-		t.Skip("a benchmark: set COFFER_BENCH=1 to run it")
-	}
-	nKeys, versions, settle := 100000, 3, 30*time.Second
-	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_KEYS")); err == nil {
-		nKeys = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_VERSIONS")); err == nil && v > 0 {
-		versions = v
-	}
-	if v, err := time.ParseDuration(os.Getenv("COFFER_BENCH_SETTLE")); err == nil {
-		settle = v
-	}
+	nKeys, versions, settle := memoryBenchParams(t)
 	t.Setenv("COFFER_E2E_LOG_LEVEL", "warn")
 	c, shares := startCluster(t, 3, 3, 2)
 	lead := c.leader(c.nodes...)
@@ -301,19 +310,7 @@ func (d *direct) Propose(_ context.Context, cmd []byte) (any, error) { return d.
 // busy 2-core machine), not the raft log a bulk load leaves behind
 // (TestBench_Memory). COFFER_BENCH=1 to run it.
 func TestBench_MemoryRestored(t *testing.T) {
-	if os.Getenv("COFFER_BENCH") != "1" {
-		t.Skip("a benchmark: set COFFER_BENCH=1 to run it")
-	}
-	nKeys, versions, settle := 100000, 3, 30*time.Second
-	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_KEYS")); err == nil {
-		nKeys = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("COFFER_BENCH_VERSIONS")); err == nil && v > 0 {
-		versions = v
-	}
-	if v, err := time.ParseDuration(os.Getenv("COFFER_BENCH_SETTLE")); err == nil {
-		settle = v
-	}
+	nKeys, versions, settle := memoryBenchParams(t)
 	t.Setenv("COFFER_E2E_LOG_LEVEL", "warn")
 	c, shares := startCluster(t, 3, 3, 2)
 	lead := c.leader(c.nodes...)
