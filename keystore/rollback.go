@@ -1,7 +1,6 @@
 package keystore
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 )
@@ -36,30 +35,16 @@ func (ks *Keystore) recordVersionLocked(path string) uint64 {
 	return ks.tombs[path]
 }
 
-// PrepareRestore validates a snapshot for a restore into this cluster and
-// returns it with its restore epoch raised above both its own and the
-// current one, so that commands proposed before the restore no longer
-// apply, and authenticated again (snapauth.go). On an initialised cluster
-// it needs the node unsealed (the snapshot's MAC is checked and made
-// here). A fresh node takes the snapshot as it is: it verifies it at
-// unseal.
-func (ks *Keystore) PrepareRestore(data []byte) ([]byte, error) {
-	out := bytes.NewBuffer(make([]byte, 0, len(data)+256))
-	same, err := ks.PrepareRestoreStream(bytes.NewReader(data), out)
-	if err != nil {
-		return nil, err
-	}
-	if same {
-		return data, nil
-	}
-	return out.Bytes(), nil
-}
-
-// PrepareRestoreStream is PrepareRestore reading the snapshot from r and
-// writing the answer to w, so that a restore's upload need not be in
-// memory (twice: as it came and as answered) on top of its decoded state
-// (issue 15, memory round 2). same reports that the snapshot is to be
-// restored as it came (a fresh node); then nothing is written to w.
+// PrepareRestoreStream validates a snapshot read from r for a restore into
+// this cluster and writes it to w with its restore epoch raised above both
+// its own and the current one, so that commands proposed before the
+// restore no longer apply, and authenticated again (snapauth.go). On an
+// initialised cluster it needs the node unsealed (the snapshot's MAC is
+// checked and made here). same reports that the snapshot is to be
+// restored as it came (a fresh node, which verifies it at unseal); then
+// nothing is written to w. It streams so that a restore's upload need not
+// be in memory (twice: as it came and as answered) on top of its decoded
+// state (issue 15, memory round 2).
 func (ks *Keystore) PrepareRestoreStream(r io.Reader, w io.Writer) (same bool, err error) {
 	s, err := ks.validateRestoreFrom(r)
 	if err != nil {

@@ -80,7 +80,7 @@ func TestNoRollback(t *testing.T) {
 	}
 	// Restore: back to the snapshot (wide policy, key present), and no
 	// command from before the restore applies.
-	data, err := ks.PrepareRestore(sb.Bytes())
+	data, err := prepareRestore(ks, sb.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,3 +101,17 @@ func TestNoRollback(t *testing.T) {
 type proposerFunc2 func(context.Context, []byte) (any, error)
 
 func (f proposerFunc2) Propose(ctx context.Context, b []byte) (any, error) { return f(ctx, b) }
+
+// prepareRestore is PrepareRestoreStream on bytes: the snapshot to hand
+// raft (data itself when it is restored as it came).
+func prepareRestore(ks *Keystore, data []byte) ([]byte, error) {
+	var out bytes.Buffer
+	same, err := ks.PrepareRestoreStream(bytes.NewReader(data), &out)
+	if err != nil {
+		return nil, err
+	}
+	if same {
+		return data, nil
+	}
+	return out.Bytes(), nil
+}

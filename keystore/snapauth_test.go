@@ -31,7 +31,7 @@ func TestSnapshotAuth(t *testing.T) {
 		if err := a.Restore(bytes.NewReader(data)); !errors.Is(err, ErrUnauthenticated) {
 			t.Errorf("unsealed local, %s: %v", name, err)
 		}
-		if _, err := a.PrepareRestore(data); !errors.Is(err, ErrUnauthenticated) {
+		if _, err := prepareRestore(a, data); !errors.Is(err, ErrUnauthenticated) {
 			t.Errorf("admin restore, %s: %v", name, err)
 		}
 	}
